@@ -1,0 +1,55 @@
+// Shard format v1: the names and constants of the on-disk layout of one
+// training shard. The format itself (with an h5py recipe) is described in
+// docs/SHARD_FORMAT.md; change the two together and bump the version when a
+// reader of the old version could misread a new file.
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace difftrain::data {
+
+inline constexpr int64_t kShardFormatVersion = 1;
+inline constexpr const char* kShardFormatName = "difftrain-shard";
+inline constexpr const char* kShardExtension = ".h5";
+
+inline constexpr const char* kImagesDataset = "images";      // uint8 (N, H, W, C)
+inline constexpr const char* kCaptionsDataset = "captions";  // UTF-8 strings (N)
+
+inline constexpr const char* kFormatAttribute = "format";
+inline constexpr const char* kFormatVersionAttribute = "format_version";
+inline constexpr const char* kHeightAttribute = "height";
+inline constexpr const char* kWidthAttribute = "width";
+inline constexpr const char* kChannelsAttribute = "channels";
+
+// v1 stores RGB only; a grey or RGBA dataset is converted before sharding.
+inline constexpr int64_t kShardChannels = 3;
+// Samples per HDF5 chunk of `images`: big enough for sequential reads, small
+// enough that a random single-sample read does not pull in megabytes.
+inline constexpr int64_t kChunkSamples = 64;
+
+// Every data-layer failure the caller can do something about (missing, corrupt
+// or mismatched shards). The message names the file and the culprit.
+struct ShardError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct ImageGeometry {
+  int64_t height = 0, width = 0, channels = 0;
+
+  int64_t bytes() const { return height * width * channels; }  // of one (H, W, C) image
+};
+
+inline bool operator==(const ImageGeometry& a, const ImageGeometry& b) {
+  return a.height == b.height && a.width == b.width && a.channels == b.channels;
+}
+inline bool operator!=(const ImageGeometry& a, const ImageGeometry& b) { return !(a == b); }
+
+// "(H, W, C)" with numbers, for error messages.
+inline std::string to_string(const ImageGeometry& g) {
+  return "(" + std::to_string(g.height) + ", " + std::to_string(g.width) + ", " +
+         std::to_string(g.channels) + ")";
+}
+
+}  // namespace difftrain::data

@@ -1,0 +1,268 @@
+#include "data/shard_reader.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <system_error>
+
+#include "data/hdf5_util.h"
+
+namespace difftrain::data {
+namespace fs = std::filesystem;
+namespace {
+
+std::string shard(const std::string& path) { return "shard " + path + ": "; }
+
+// A file removed between our exists() check and HDF5's open makes HDF5 say
+// "can't retrieve stat info"; name the real cause instead.
+ShardError vanished_or(const std::string& path, ShardError error) {
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return ShardError(shard(path) + "file does not exist");
+  return error;
+}
+
+// Opens a shard read-only with a distinct message for each way a file can fail
+// to be HDF5. The caller holds lock_hdf5().
+H5::H5File open_shard_file(const std::string& path) {
+  std::error_code ec;
+  if (!fs::exists(path, ec)) throw ShardError(shard(path) + "file does not exist");
+  if (!fs::is_regular_file(path, ec)) throw ShardError(shard(path) + "is not a regular file");
+  bool is_hdf5 = false;
+  try {
+    is_hdf5 = H5::H5File::isHdf5(path);
+  } catch (const H5::Exception& e) {
+    throw vanished_or(path, shard_error_from(path, "cannot read the file", e));
+  }
+  if (!is_hdf5) throw ShardError(shard(path) + "is not an HDF5 file (no HDF5 signature)");
+  try {
+    return H5::H5File(path, H5F_ACC_RDONLY);
+  } catch (const H5::Exception& e) {
+    throw vanished_or(
+        path, shard_error_from(path, "cannot open as HDF5 (truncated or corrupt file?)", e));
+  }
+}
+
+H5::DataSet open_dataset(const H5::H5File& file, const std::string& path, const char* name) {
+  if (!has_dataset(file, name)) {
+    throw ShardError(shard(path) + "dataset '" + name + "' is missing");
+  }
+  return file.openDataSet(name);
+}
+
+void check_format_attributes(const H5::H5File& file, const std::string& path) {
+  const std::string format = read_string_attribute(file, path, kFormatAttribute);
+  if (format != kShardFormatName) {
+    throw ShardError(shard(path) + "root attribute '" + kFormatAttribute + "' is \"" + format +
+                     "\", expected \"" + kShardFormatName + "\"");
+  }
+  const int64_t version = read_int_attribute(file, path, kFormatVersionAttribute);
+  if (version != kShardFormatVersion) {
+    throw ShardError(shard(path) + "root attribute '" + kFormatVersionAttribute + "' is " +
+                     std::to_string(version) + ", expected " + std::to_string(kShardFormatVersion) +
+                     " (the shard format version this build reads)");
+  }
+}
+
+// Returns N. The (H, W, C) attributes must agree with the dataset: a writer
+// that gets one of them wrong probably got the pixel layout wrong too.
+int64_t check_images(const H5::H5File& file, const std::string& path,
+                     const ImageGeometry& expected) {
+  const H5::DataSet images = open_dataset(file, path, kImagesDataset);
+  const H5::DataType type = images.getDataType();
+  if (type.getClass() != H5T_INTEGER || type.getSize() != 1 ||
+      H5Tget_sign(type.getId()) != H5T_SGN_NONE) {
+    throw ShardError(shard(path) + "dataset '" + kImagesDataset + "' has dtype " +
+                     describe_type(type) + ", expected uint8");
+  }
+  const std::vector<hsize_t> dims = dataset_shape(images);
+  const std::vector<hsize_t> want = {static_cast<hsize_t>(expected.height),
+                                     static_cast<hsize_t>(expected.width),
+                                     static_cast<hsize_t>(expected.channels)};
+  if (dims.size() != 4 || !std::equal(want.begin(), want.end(), dims.begin() + 1)) {
+    throw ShardError(shard(path) + "dataset '" + kImagesDataset + "' has shape " +
+                     describe_shape(dims) + ", expected (N, H, W, C) = (N, " +
+                     std::to_string(expected.height) + ", " + std::to_string(expected.width) +
+                     ", " + std::to_string(expected.channels) + ")");
+  }
+  const char* names[3] = {kHeightAttribute, kWidthAttribute, kChannelsAttribute};
+  for (int axis = 0; axis < 3; ++axis) {
+    const int64_t value = read_int_attribute(file, path, names[axis]);
+    if (value != static_cast<int64_t>(dims[axis + 1])) {
+      throw ShardError(shard(path) + "root attribute '" + names[axis] + "' is " +
+                       std::to_string(value) + ", but dataset '" + kImagesDataset + "' has shape " +
+                       describe_shape(dims) + " (N, H, W, C)");
+    }
+  }
+  return static_cast<int64_t>(dims[0]);
+}
+
+void check_captions(const H5::H5File& file, const std::string& path, int64_t count) {
+  const H5::DataSet captions = open_dataset(file, path, kCaptionsDataset);
+  const H5::DataType type = captions.getDataType();
+  if (type.getClass() != H5T_STRING) {
+    throw ShardError(shard(path) + "dataset '" + kCaptionsDataset + "' has dtype " +
+                     describe_type(type) + ", expected variable-length UTF-8 string");
+  }
+  const std::vector<hsize_t> dims = dataset_shape(captions);
+  if (dims.size() != 1) {
+    throw ShardError(shard(path) + "dataset '" + kCaptionsDataset + "' has shape " +
+                     describe_shape(dims) + ", expected (" + std::to_string(count) + ",)");
+  }
+  if (static_cast<int64_t>(dims[0]) != count) {
+    throw ShardError(shard(path) + "dataset '" + kCaptionsDataset + "' has " +
+                     std::to_string(dims[0]) + " entries, expected " + std::to_string(count) +
+                     " (one per image in dataset '" + kImagesDataset + "')");
+  }
+}
+
+// The whole `captions` dataset in one read: a variable-length read per sample
+// costs more than reading the sample's image. The caller holds lock_hdf5().
+std::vector<std::string> read_all_captions(const H5::DataSet& dataset, hsize_t n) {
+  std::vector<std::string> captions;  // (N)
+  captions.reserve(n);
+  if (n == 0) return captions;
+  // The file's own string type as the memory type: HDF5 does not convert
+  // between ASCII and UTF-8.
+  const H5::StrType type = dataset.getStrType();
+  if (type.isVariableStr()) {
+    std::vector<char*> texts(n, nullptr);  // (N)
+    dataset.read(texts.data(), type);
+    for (const char* text : texts) captions.emplace_back(text != nullptr ? text : "");
+    H5::DataSet::vlenReclaim(texts.data(), type, dataset.getSpace());
+  } else {
+    // Fixed-length (numpy "S<n>"): NUL-padded to the type's size.
+    const size_t width = type.getSize();
+    std::vector<char> buffer(n * width);  // (N, width)
+    dataset.read(buffer.data(), type);
+    for (hsize_t i = 0; i < n; ++i) {
+      std::string text(&buffer[i * width], width);
+      while (!text.empty() && text.back() == '\0') text.pop_back();
+      captions.push_back(std::move(text));
+    }
+  }
+  return captions;
+}
+
+}  // namespace
+
+ShardInfo validate_shard(const std::string& path, const ImageGeometry& expected) {
+  if (expected.channels != kShardChannels) {
+    throw ShardError(shard(path) + "cannot read images of shape " + to_string(expected) +
+                     ", format v1 stores (H, W, 3) RGB");
+  }
+  auto lock = lock_hdf5();
+  try {
+    const H5::H5File file = open_shard_file(path);
+    check_format_attributes(file, path);
+    const int64_t count = check_images(file, path, expected);
+    check_captions(file, path, count);
+    return ShardInfo{path, count, expected};
+  } catch (const H5::Exception& e) {
+    throw shard_error_from(path, "HDF5 error while validating", e);
+  }
+}
+
+std::vector<ShardInfo> open_shard_directory(const std::string& dir, const ImageGeometry& expected) {
+  std::vector<std::string> paths;
+  try {
+    if (!fs::exists(dir)) throw ShardError("shard directory " + dir + " does not exist");
+    if (!fs::is_directory(dir)) throw ShardError("shard directory " + dir + " is not a directory");
+    for (const fs::directory_entry& entry : fs::directory_iterator(dir)) {
+      // "x.h5.tmp" (a shard being written) has extension ".tmp" and is skipped.
+      if (entry.is_regular_file() && entry.path().extension() == kShardExtension) {
+        paths.push_back(entry.path().string());
+      }
+    }
+  } catch (const fs::filesystem_error& e) {
+    throw ShardError("shard directory " + dir + ": " + e.what());
+  }
+  if (paths.empty()) {
+    throw ShardError("shard directory " + dir + " contains no *" + kShardExtension + " shards");
+  }
+  std::sort(paths.begin(), paths.end());
+  std::vector<ShardInfo> shards;
+  shards.reserve(paths.size());
+  for (const std::string& path : paths) shards.push_back(validate_shard(path, expected));
+  return shards;
+}
+
+std::optional<std::string> read_shard_attribute(const std::string& path, const std::string& name) {
+  auto lock = lock_hdf5();
+  try {
+    const H5::H5File file = open_shard_file(path);
+    if (!file.attrExists(name)) return std::nullopt;
+    return read_string_attribute(file, path, name);
+  } catch (const H5::Exception& e) {
+    throw shard_error_from(path, "cannot read root attribute '" + name + "'", e);
+  }
+}
+
+// Built by initialisation only: assigning H5:: objects goes through their
+// deprecated implicit operator=, which is easy to get wrong with HDF5 ids.
+struct ShardReader::Handles {
+  Handles(const std::string& path, const hsize_t (&image_block)[4])
+      : file(open_shard_file(path)),
+        images(open_dataset(file, path, kImagesDataset)),
+        image_file_space(images.getSpace()),
+        image_memory_space(4, image_block) {}
+
+  H5::H5File file;
+  H5::DataSet images;                // uint8 (N, H, W, C)
+  H5::DataSpace image_file_space;    // (N, H, W, C), re-selected for each read
+  H5::DataSpace image_memory_space;  // (1, H, W, C)
+};
+
+ShardReader::ShardReader(const ShardInfo& info) : info_(info) {
+  const auto n = static_cast<hsize_t>(info_.count);
+  const hsize_t image_block[4] = {1, static_cast<hsize_t>(info_.geometry.height),
+                                  static_cast<hsize_t>(info_.geometry.width),
+                                  static_cast<hsize_t>(info_.geometry.channels)};
+  auto lock = lock_hdf5();
+  // A local first so that, if this throws, the HDF5 objects are released
+  // before the lock is (members are destroyed after the body's locals).
+  std::unique_ptr<Handles> handles;
+  try {
+    handles = std::make_unique<Handles>(info_.path, image_block);
+    const std::vector<hsize_t> image_dims = dataset_shape(handles->images);
+    const std::vector<hsize_t> want = {n, image_block[1], image_block[2], image_block[3]};
+    const H5::DataSet captions = open_dataset(handles->file, info_.path, kCaptionsDataset);
+    if (image_dims != want || dataset_shape(captions) != std::vector<hsize_t>{n} ||
+        captions.getTypeClass() != H5T_STRING) {
+      throw ShardError(shard(info_.path) + "changed since it was validated: dataset '" +
+                       kImagesDataset + "' has shape " + describe_shape(image_dims) +
+                       ", expected " + describe_shape(want));
+    }
+    captions_ = read_all_captions(captions, n);
+  } catch (const H5::Exception& e) {
+    throw shard_error_from(info_.path, "cannot open for reading", e);
+  }
+  h5_ = std::move(handles);
+}
+
+ShardReader::~ShardReader() {
+  if (!h5_) return;
+  auto lock = lock_hdf5();
+  h5_.reset();
+}
+
+void ShardReader::read(int64_t index, uint8_t* image_hwc_out, std::string* caption_out) {
+  if (index < 0 || index >= info_.count) {
+    throw ShardError(shard(info_.path) + "sample index " + std::to_string(index) +
+                     " is outside [0, " + std::to_string(info_.count) + ")");
+  }
+  if (caption_out != nullptr) *caption_out = captions_[static_cast<size_t>(index)];
+  if (image_hwc_out == nullptr) return;
+  auto lock = lock_hdf5();
+  try {
+    const hsize_t start[4] = {static_cast<hsize_t>(index), 0, 0, 0};
+    const hsize_t count[4] = {1, static_cast<hsize_t>(info_.geometry.height),
+                              static_cast<hsize_t>(info_.geometry.width),
+                              static_cast<hsize_t>(info_.geometry.channels)};
+    h5_->image_file_space.selectHyperslab(H5S_SELECT_SET, count, start);
+    h5_->images.read(image_hwc_out, H5::PredType::NATIVE_UINT8, h5_->image_memory_space,
+                     h5_->image_file_space);
+  } catch (const H5::Exception& e) {
+    throw shard_error_from(info_.path, "reading sample " + std::to_string(index) + " failed", e);
+  }
+}
+
+}  // namespace difftrain::data

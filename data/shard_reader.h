@@ -1,0 +1,64 @@
+// Reading shards in format v1 (data/shard_format.h, docs/SHARD_FORMAT.md):
+// validate_shard, open_shard_directory, ShardReader.
+//
+// Threading: these functions may be called from any thread; their HDF5 calls
+// are serialised by one process-wide lock (data/hdf5_util.h) because HDF5 is
+// not thread-safe. A single ShardReader must not be used by two threads at once.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "data/shard_format.h"
+
+namespace difftrain::data {
+
+struct ShardInfo {
+  std::string path;
+  int64_t count = 0;  // N, the number of samples
+  ImageGeometry geometry;
+};
+
+// Opens and validates a shard: exists, is HDF5 (a truncated file gives a clean
+// error), format attributes, format_version == 1, `images` is uint8 rank-4 with
+// C == 3 and (H, W) == expected, `captions` is a string dataset with one entry
+// per image. Throws ShardError whose message names the file, the dataset or
+// attribute, what was found and what was expected, e.g.
+//   "shard runs/data/shard-00003.h5: dataset 'images' has dtype float32, expected uint8".
+ShardInfo validate_shard(const std::string& path, const ImageGeometry& expected);
+
+// Lists "*.h5" in a directory sorted by name and validates each. Throws
+// ShardError if the directory is missing or holds no shard.
+std::vector<ShardInfo> open_shard_directory(const std::string& dir, const ImageGeometry& expected);
+
+// A string root attribute of a shard, or nullopt when the shard has none by
+// that name (writers may add attributes beyond the format's own).
+std::optional<std::string> read_shard_attribute(const std::string& path, const std::string& name);
+
+// Random access to the samples of one validated shard; keeps the file open.
+// The captions are read in one go when the shard is opened and kept in memory
+// (a few hundred kB for a shard of thousands); images are read on demand.
+class ShardReader {
+ public:
+  // Opens the file; throws ShardError if it is gone or no longer matches info.
+  explicit ShardReader(const ShardInfo& info);
+  ~ShardReader();
+  ShardReader(const ShardReader&) = delete;
+  ShardReader& operator=(const ShardReader&) = delete;
+
+  int64_t size() const { return info_.count; }
+  const ShardInfo& info() const { return info_; }
+  // image_hwc_out: (H, W, C) bytes, or null to skip the image; caption_out may be null.
+  void read(int64_t index, uint8_t* image_hwc_out, std::string* caption_out);
+
+ private:
+  struct Handles;  // the HDF5 objects, kept out of this header
+  ShardInfo info_;
+  std::vector<std::string> captions_;  // (N)
+  std::unique_ptr<Handles> h5_;
+};
+
+}  // namespace difftrain::data

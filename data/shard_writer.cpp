@@ -1,0 +1,133 @@
+#include "data/shard_writer.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <system_error>
+
+#include "data/hdf5_util.h"
+
+namespace difftrain::data {
+namespace {
+
+void fsync_path(const std::string& path, int flags) {
+  const int fd = ::open(path.c_str(), flags);
+  if (fd < 0) throw ShardError("cannot open " + path + " for fsync: " + std::strerror(errno));
+  const int rc = ::fsync(fd);
+  const int fsync_errno = errno;
+  ::close(fd);
+  if (rc != 0) throw ShardError("fsync of " + path + " failed: " + std::strerror(fsync_errno));
+}
+
+bool is_reserved_attribute(const std::string& name) {
+  for (const char* reserved : {kFormatAttribute, kFormatVersionAttribute, kHeightAttribute,
+                               kWidthAttribute, kChannelsAttribute}) {
+    if (name == reserved) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+ShardWriter::ShardWriter(std::string path, ImageGeometry geometry)
+    : path_(std::move(path)), temp_path_(path_ + ".tmp"), geometry_(geometry) {
+  if (geometry_.height <= 0 || geometry_.width <= 0 || geometry_.channels != kShardChannels) {
+    throw ShardError("shard " + path_ + ": cannot write images of shape " + to_string(geometry_) +
+                     ", format v1 stores (H, W, 3) RGB with H, W > 0");
+  }
+}
+
+ShardWriter::~ShardWriter() {
+  if (closed_) return;
+  std::error_code ignored;
+  std::filesystem::remove(temp_path_, ignored);
+}
+
+void ShardWriter::add(const uint8_t* image_hwc, const std::string& caption) {
+  if (closed_) throw ShardError("shard " + path_ + ": add() after close()");
+  // A variable-length HDF5 string ends at its first NUL; refuse rather than truncate.
+  if (caption.find('\0') != std::string::npos) {
+    throw ShardError("shard " + path_ + ": caption of sample " + std::to_string(count()) +
+                     " contains a NUL byte");
+  }
+  images_.insert(images_.end(), image_hwc, image_hwc + geometry_.bytes());
+  captions_.push_back(caption);
+}
+
+void ShardWriter::set_attribute(const std::string& name, const std::string& value) {
+  if (is_reserved_attribute(name)) {
+    throw ShardError("shard " + path_ + ": attribute '" + name + "' is set by the writer itself");
+  }
+  extra_attributes_.emplace_back(name, value);
+}
+
+void ShardWriter::write_temp_file() const {
+  const auto n = static_cast<hsize_t>(captions_.size());
+  const auto h = static_cast<hsize_t>(geometry_.height);
+  const auto w = static_cast<hsize_t>(geometry_.width);
+  const auto c = static_cast<hsize_t>(geometry_.channels);
+
+  auto lock = lock_hdf5();
+  try {
+    H5::H5File file(temp_path_, H5F_ACC_TRUNC);
+
+    const hsize_t image_dims[4] = {n, h, w, c};
+    const hsize_t chunk_dims[4] = {std::min<hsize_t>(n, kChunkSamples), h, w, c};
+    H5::DSetCreatPropList image_props;
+    image_props.setChunk(4, chunk_dims);
+    H5::DataSet images = file.createDataSet(kImagesDataset, H5::PredType::STD_U8LE,
+                                            H5::DataSpace(4, image_dims), image_props);
+    images.write(images_.data(), H5::PredType::NATIVE_UINT8);  // (N, H, W, C)
+
+    H5::StrType caption_type(H5::PredType::C_S1, H5T_VARIABLE);
+    caption_type.setCset(H5T_CSET_UTF8);
+    const hsize_t caption_dims[1] = {n};
+    H5::DataSet captions =
+        file.createDataSet(kCaptionsDataset, caption_type, H5::DataSpace(1, caption_dims));
+    std::vector<const char*> caption_ptrs;  // (N)
+    caption_ptrs.reserve(captions_.size());
+    for (const std::string& caption : captions_) caption_ptrs.push_back(caption.c_str());
+    captions.write(caption_ptrs.data(), caption_type);
+
+    write_string_attribute(file, kFormatAttribute, kShardFormatName);
+    write_int_attribute(file, kFormatVersionAttribute, kShardFormatVersion);
+    write_int_attribute(file, kHeightAttribute, geometry_.height);
+    write_int_attribute(file, kWidthAttribute, geometry_.width);
+    write_int_attribute(file, kChannelsAttribute, geometry_.channels);
+    for (const auto& [name, value] : extra_attributes_) write_string_attribute(file, name, value);
+  } catch (const H5::Exception& e) {
+    throw shard_error_from(temp_path_, "writing failed", e);
+  }
+}
+
+void ShardWriter::close() {
+  if (closed_) return;
+  if (captions_.empty()) {
+    throw ShardError("shard " + path_ + ": no samples were added; an empty shard is not written");
+  }
+  try {
+    write_temp_file();
+    fsync_path(temp_path_, O_RDONLY);
+    std::filesystem::rename(temp_path_, path_);
+  } catch (const std::filesystem::filesystem_error& e) {
+    std::error_code ignored;
+    std::filesystem::remove(temp_path_, ignored);
+    throw ShardError("shard " + path_ + ": " + e.what());
+  } catch (...) {
+    std::error_code ignored;
+    std::filesystem::remove(temp_path_, ignored);
+    throw;
+  }
+  closed_ = true;
+  // The rename is durable only once the directory entry is on disk.
+  const std::filesystem::path parent = std::filesystem::path(path_).parent_path();
+  fsync_path(parent.empty() ? "." : parent.string(), O_RDONLY | O_DIRECTORY);
+  images_.clear();  // count() stays valid; the pixels are what take memory
+  images_.shrink_to_fit();
+}
+
+}  // namespace difftrain::data

@@ -1,0 +1,51 @@
+// ShardWriter: writes one shard in format v1 (data/shard_format.h,
+// docs/SHARD_FORMAT.md), atomically.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "data/shard_format.h"
+
+namespace difftrain::data {
+
+// Samples are buffered in memory and the file is written in one go by close():
+// to "<path>.tmp", then fsync, rename to <path> and fsync of the directory, so
+// a crash never leaves a half shard under the final name (the loader only
+// lists "*.h5"). Keep shards to a size that fits in memory (a few thousand
+// images). Safe to use from any thread (HDF5 access is serialised, see
+// data/hdf5_util.h); one ShardWriter is not itself meant to be shared.
+class ShardWriter {
+ public:
+  // Throws ShardError if the geometry is not a valid v1 geometry (C must be 3).
+  ShardWriter(std::string path, ImageGeometry geometry);
+  ~ShardWriter();  // if not closed: removes the temp file, never throws
+  ShardWriter(const ShardWriter&) = delete;
+  ShardWriter& operator=(const ShardWriter&) = delete;
+
+  void add(const uint8_t* image_hwc, const std::string& caption);  // image: (H, W, C)
+  // An extra string attribute on the file's root (readers ignore unknown ones);
+  // e.g. the synthetic generator records the spec it was made with.
+  void set_attribute(const std::string& name, const std::string& value);
+  // Writes datasets + attributes, fsyncs, renames. Throws ShardError (and
+  // leaves no file behind) on failure or if no sample was added.
+  void close();
+
+  int64_t count() const { return static_cast<int64_t>(captions_.size()); }
+  const std::string& path() const { return path_; }
+
+ private:
+  void write_temp_file() const;
+
+  std::string path_;
+  std::string temp_path_;
+  ImageGeometry geometry_;
+  std::vector<uint8_t> images_;        // (N, H, W, C)
+  std::vector<std::string> captions_;  // (N)
+  std::vector<std::pair<std::string, std::string>> extra_attributes_;
+  bool closed_ = false;
+};
+
+}  // namespace difftrain::data

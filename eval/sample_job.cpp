@@ -1,0 +1,117 @@
+#include "eval/sample_job.h"
+
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+
+#include <cstdio>
+#include <filesystem>
+
+#include "data/palette.h"
+#include "diffusion/guidance.h"
+#include "diffusion/samplers.h"
+#include "eval/grid.h"
+#include "eval/image_io.h"
+#include "eval/manifest.h"
+#include "model/tokenizer.h"
+#include "model/unet.h"
+#include "trainer/batch_tensors.h"
+#include "trainer/checkpoint.h"
+#include "trainer/config.h"
+
+namespace difftrain::eval {
+namespace fs = std::filesystem;
+
+std::vector<std::string> synthetic_prompts() {
+  std::vector<std::string> prompts;
+  for (const auto& c : data::palette())
+    for (const auto& s : data::shape_names()) prompts.push_back(data::caption_for(c.name, s));
+  return prompts;
+}
+
+namespace {
+
+std::string guidance_tag(double w) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "w%g", w);
+  return buf;
+}
+
+}  // namespace
+
+SampleResult run_sample_job(const SampleOptions& o) {
+  if (o.prompts.empty()) throw std::invalid_argument("sample: no prompts given");
+  if (o.sampler != "ddpm" && o.sampler != "ddim")
+    throw std::invalid_argument("sample: unknown sampler '" + o.sampler + "' (expected ddpm or ddim)");
+  if (o.images_per_prompt < 1 || o.batch_size < 1) throw std::invalid_argument("sample: counts must be >= 1");
+  torch::set_num_threads(static_cast<int>(o.threads));
+
+  const std::string ckpt = resolve_checkpoint(o.checkpoint);
+  const Config config = parse_config_text(read_checkpoint_config(ckpt), ckpt + "/config.yaml", {});
+  model::UNet net(model::unet_options_from(config.model, config.data.image_size));
+  load_ema_weights(ckpt, *net);
+  net->eval();
+  const auto schedule = diffusion::make_schedule(config.diffusion.schedule, config.diffusion.timesteps);
+  const auto prediction = diffusion::parse_prediction(config.diffusion.prediction);
+  std::vector<int64_t> timesteps;
+  int64_t steps = schedule.timesteps;
+  if (o.sampler == "ddim") {
+    timesteps = diffusion::sampling_timesteps(schedule.timesteps, o.steps, o.spacing);
+    steps = static_cast<int64_t>(timesteps.size());
+  }
+  const int64_t H = config.data.image_size, L = config.model.max_tokens;
+  spdlog::info("sampling {} prompts x {} images x {} guidance scale(s) with {} ({} steps) from {}", o.prompts.size(),
+               o.images_per_prompt, o.guidance.size(), o.sampler, steps, ckpt);
+
+  fs::create_directories(o.out_dir);
+  diffusion::Network network = [&](const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& tokens) {
+    return net->forward(x, t, tokens);
+  };
+  std::vector<ManifestEntry> manifest;
+  SampleResult result;
+  const int64_t per_scale = static_cast<int64_t>(o.prompts.size()) * o.images_per_prompt;
+  for (double w : o.guidance) {
+    std::vector<Image> images;
+    std::vector<std::string> labels;
+    for (int64_t start = 0; start < per_scale; start += o.batch_size) {
+      const int64_t n = std::min(o.batch_size, per_scale - start);
+      std::vector<std::string> captions;
+      std::vector<uint64_t> seeds;
+      for (int64_t i = start; i < start + n; ++i) {
+        captions.push_back(o.prompts[i / o.images_per_prompt]);
+        seeds.push_back(o.seed + static_cast<uint64_t>(i));  // the same noise for the same image at every scale
+      }
+      diffusion::PerImageNoise noise(seeds);
+      auto tokens = tokenize_batch(captions, L);
+      auto null_tokens = torch::full_like(tokens, model::kPadToken);
+      auto eps_model = diffusion::guided_eps_model(network, tokens, null_tokens, w, prediction, schedule);
+      auto x = noise.randn({3, H, H}, torch::kFloat32);
+      x = o.sampler == "ddpm"
+              ? diffusion::ddpm_sample(eps_model, x, schedule, diffusion::DdpmVariance::kPosterior, noise, o.clip_x0)
+              : diffusion::ddim_sample(eps_model, x, schedule, timesteps, o.eta, noise, o.clip_x0);
+      const auto pixels = tensor_to_images(x);
+      const size_t image_bytes = static_cast<size_t>(H * H * 3);
+      for (int64_t k = 0; k < n; ++k) {
+        Image img{H, H, std::vector<uint8_t>(pixels.begin() + k * image_bytes, pixels.begin() + (k + 1) * image_bytes)};
+        char name[64];
+        std::snprintf(name, sizeof(name), "%s-%05lld.png", guidance_tag(w).c_str(),
+                      static_cast<long long>(start + k));
+        write_png((fs::path(o.out_dir) / name).string(), img);
+        manifest.push_back({name, captions[k], seeds[k], o.sampler, steps, w});
+        images.push_back(std::move(img));
+        labels.push_back(captions[k]);
+      }
+      spdlog::info("  guidance {}: {}/{} images", w, start + n, per_scale);
+    }
+    const int columns = static_cast<int>(std::min<int64_t>(o.images_per_prompt == 1 ? 6 : o.images_per_prompt,
+                                                           static_cast<int64_t>(images.size())));
+    const auto grid_path = (fs::path(o.out_dir) / ("grid-" + guidance_tag(w) + ".png")).string();
+    write_png(grid_path, make_labelled_grid(images, labels, columns, static_cast<int>(o.upscale)));
+    result.grids.push_back(grid_path);
+  }
+  result.manifest = (fs::path(o.out_dir) / "manifest.jsonl").string();
+  write_manifest(result.manifest, manifest);
+  result.images = static_cast<int64_t>(manifest.size());
+  return result;
+}
+
+}  // namespace difftrain::eval

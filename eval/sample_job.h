@@ -1,0 +1,40 @@
+// The `sample` command: EMA weights of a checkpoint -> images for prompts with
+// a chosen sampler, step count and guidance scale(s). Writes one PNG per image,
+// a labelled grid per guidance scale, and manifest.jsonl beside them.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace difftrain::eval {
+
+struct SampleOptions {
+  std::string checkpoint;           // checkpoint dir, or run dir (its newest checkpoint)
+  std::string out_dir;
+  std::vector<std::string> prompts;
+  std::string sampler = "ddim";     // ddpm (all T steps) | ddim
+  int64_t steps = 25;               // ddim only
+  double eta = 0.0;                 // ddim only
+  std::string spacing = "trailing"; // leading | trailing | linspace
+  std::vector<double> guidance = {3.0};
+  int64_t images_per_prompt = 1;
+  uint64_t seed = 0;                // image i gets seed + i
+  int64_t batch_size = 64;
+  bool clip_x0 = true;
+  int64_t threads = 2;
+  int64_t upscale = 4;              // grid cells are upscaled for viewing
+};
+
+struct SampleResult {
+  std::string manifest;
+  std::vector<std::string> grids;
+  int64_t images = 0;
+};
+
+SampleResult run_sample_job(const SampleOptions& options);
+
+// "a <colour> <shape>" for every colour and shape of the built-in dataset.
+std::vector<std::string> synthetic_prompts();
+
+}  // namespace difftrain::eval

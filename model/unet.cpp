@@ -1,0 +1,194 @@
+#include "model/unet.h"
+
+#include <torch/nn/functional/activation.h>
+#include <torch/nn/functional/upsampling.h>
+#include <torch/nn/init.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "trainer/config.h"
+
+namespace difftrain::model {
+namespace F = torch::nn::functional;
+
+UNetOptions unet_options_from(const ModelConfig& c, int64_t image_size) {
+  UNetOptions o;
+  o.image_size = image_size;
+  o.base_channels = c.base_channels;
+  o.channel_mults = c.channel_mults;
+  o.num_res_blocks = c.num_res_blocks;
+  o.attention_resolutions = c.attention_resolutions;
+  o.attention_heads = c.attention_heads;
+  o.norm_groups = c.norm_groups;
+  o.dropout = c.dropout;
+  o.text = {c.max_tokens, c.text_width, c.text_layers, c.text_heads};
+  return o;
+}
+
+torch::Tensor timestep_embedding(const torch::Tensor& t, int64_t dim) {
+  const int64_t half = dim / 2;
+  auto freqs = torch::exp(-std::log(10000.0) * torch::arange(half, t.options().dtype(torch::kFloat32)) / half);
+  auto args = t.to(torch::kFloat32).unsqueeze(1) * freqs.unsqueeze(0);  // (B, half)
+  return torch::cat({torch::cos(args), torch::sin(args)}, 1);
+}
+
+namespace {
+torch::nn::Conv2d conv3x3(int64_t in, int64_t out) {
+  return torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, 3).padding(1));
+}
+// Output layers of residual branches start at zero, so every block starts as
+// the identity (Goyal et al. 2017; guided-diffusion's zero_module).
+template <class M>
+M zero_init(M module) {
+  torch::NoGradGuard guard;
+  for (auto& p : module->parameters()) p.zero_();
+  return module;
+}
+}  // namespace
+
+ResBlockImpl::ResBlockImpl(int64_t in, int64_t out, int64_t embedding_dim, int64_t groups, double p) {
+  norm1 = register_module("norm1", torch::nn::GroupNorm(groups, in));
+  conv1 = register_module("conv1", conv3x3(in, out));
+  embedding_proj = register_module("embedding_proj", torch::nn::Linear(embedding_dim, 2 * out));
+  norm2 = register_module("norm2", torch::nn::GroupNorm(groups, out));
+  dropout = register_module("dropout", torch::nn::Dropout(p));
+  conv2 = register_module("conv2", zero_init(conv3x3(out, out)));
+  if (in != out) skip = register_module("skip", torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, 1)));
+}
+
+torch::Tensor ResBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& embedding) {
+  auto h = conv1(torch::silu(norm1(x)));
+  auto scale_shift = embedding_proj(torch::silu(embedding)).unsqueeze(-1).unsqueeze(-1).chunk(2, 1);
+  h = norm2(h) * (1 + scale_shift[0]) + scale_shift[1];
+  h = conv2(dropout(torch::silu(h)));
+  return (skip ? skip(x) : x) + h;
+}
+
+SpatialAttentionImpl::SpatialAttentionImpl(int64_t channels, int64_t heads, int64_t context_dim, int64_t groups) {
+  norm = register_module("norm", torch::nn::GroupNorm(groups, channels));
+  norm_self = register_module("norm_self", torch::nn::LayerNorm(torch::nn::LayerNormOptions({channels})));
+  self_attention = register_module("self_attention", MultiHeadAttention(channels, channels, heads));
+  norm_cross = register_module("norm_cross", torch::nn::LayerNorm(torch::nn::LayerNormOptions({channels})));
+  cross_attention = register_module("cross_attention", MultiHeadAttention(channels, context_dim, heads));
+  zero_init(self_attention->to_out);
+  zero_init(cross_attention->to_out);
+}
+
+torch::Tensor SpatialAttentionImpl::forward(const torch::Tensor& x, const EncodedText& text) {
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  auto h = norm(x).view({B, C, H * W}).transpose(1, 2);  // (B, HW, C)
+  auto s = norm_self(h);
+  h = h + self_attention(s, s, torch::Tensor());
+  h = h + cross_attention(norm_cross(h), text.tokens, text.valid);
+  return x + h.transpose(1, 2).reshape({B, C, H, W});
+}
+
+UNetBlockImpl::UNetBlockImpl(ResBlock r, SpatialAttention a) {
+  res = register_module("res", r);
+  if (a) attention = register_module("attention", a);
+}
+
+torch::Tensor UNetBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& embedding, const EncodedText& text) {
+  auto h = res(x, embedding);
+  return attention ? attention(h, text) : h;
+}
+
+UNetImpl::UNetImpl(UNetOptions o) : options(o) {
+  const int64_t C = o.base_channels, E = 4 * o.base_channels, G = o.norm_groups;
+  const int64_t text_dim = o.text.width;
+  text_encoder = register_module("text_encoder", TextEncoder(o.text));
+  time_fc1 = register_module("time_fc1", torch::nn::Linear(C, E));
+  time_fc2 = register_module("time_fc2", torch::nn::Linear(E, E));
+  text_to_embedding = register_module("text_to_embedding", torch::nn::Linear(text_dim, E));
+  conv_in = register_module("conv_in", conv3x3(o.image_channels, C));
+  down_blocks = register_module("down_blocks", torch::nn::ModuleList());
+  downsamplers = register_module("downsamplers", torch::nn::ModuleList());
+  middle_blocks = register_module("middle_blocks", torch::nn::ModuleList());
+  up_blocks = register_module("up_blocks", torch::nn::ModuleList());
+  upsamplers = register_module("upsamplers", torch::nn::ModuleList());
+
+  auto has_attention = [&](int64_t resolution) {
+    const auto& r = o.attention_resolutions;
+    return std::find(r.begin(), r.end(), resolution) != r.end();
+  };
+  auto block = [&](int64_t in, int64_t out, int64_t resolution) {
+    SpatialAttention attention{nullptr};
+    if (has_attention(resolution)) attention = SpatialAttention(out, o.attention_heads, text_dim, G);
+    return UNetBlock(ResBlock(in, out, E, G, o.dropout), attention);
+  };
+
+  // Down path: the channel count of every skip connection is remembered for the up path.
+  std::vector<int64_t> skip_channels{C};
+  int64_t channels = C, resolution = o.image_size;
+  const int64_t levels = static_cast<int64_t>(o.channel_mults.size());
+  for (int64_t level = 0; level < levels; ++level) {
+    const int64_t out = C * o.channel_mults[level];
+    for (int64_t i = 0; i < o.num_res_blocks; ++i) {
+      down_blocks->push_back(block(channels, out, resolution));
+      channels = out;
+      skip_channels.push_back(channels);
+    }
+    if (level + 1 < levels) {
+      downsamplers->push_back(torch::nn::Conv2d(torch::nn::Conv2dOptions(channels, channels, 3).stride(2).padding(1)));
+      skip_channels.push_back(channels);
+      resolution /= 2;
+    }
+  }
+  middle_blocks->push_back(block(channels, channels, resolution));
+  middle_blocks->push_back(UNetBlock(ResBlock(channels, channels, E, G, o.dropout), nullptr));
+  // Up path: num_res_blocks + 1 blocks per level, each consuming one skip.
+  for (int64_t level = levels - 1; level >= 0; --level) {
+    const int64_t out = C * o.channel_mults[level];
+    for (int64_t i = 0; i <= o.num_res_blocks; ++i) {
+      const int64_t skip = skip_channels.back();
+      skip_channels.pop_back();
+      up_blocks->push_back(block(channels + skip, out, resolution));
+      channels = out;
+    }
+    if (level > 0) {
+      upsamplers->push_back(conv3x3(channels, channels));
+      resolution *= 2;
+    }
+  }
+  norm_out = register_module("norm_out", torch::nn::GroupNorm(G, channels));
+  conv_out = register_module("conv_out", zero_init(conv3x3(channels, o.image_channels)));
+}
+
+torch::Tensor UNetImpl::forward(const torch::Tensor& x_t, const torch::Tensor& t, const torch::Tensor& tokens) {
+  TORCH_CHECK(x_t.dim() == 4 && x_t.size(1) == options.image_channels, "UNet expects x_t (B, ",
+              options.image_channels, ", H, W), got ", x_t.sizes());
+  const EncodedText text = text_encoder(tokens);
+  auto embedding = time_fc2(torch::silu(time_fc1(timestep_embedding(t, options.base_channels))));
+  embedding = embedding + text_to_embedding(text.pooled);  // (B, E)
+
+  auto h = conv_in(x_t);
+  std::vector<torch::Tensor> skips{h};
+  const int64_t levels = static_cast<int64_t>(options.channel_mults.size());
+  size_t down = 0;
+  for (int64_t level = 0; level < levels; ++level) {
+    for (int64_t i = 0; i < options.num_res_blocks; ++i) {
+      h = down_blocks[down++]->as<UNetBlock>()->forward(h, embedding, text);
+      skips.push_back(h);
+    }
+    if (level + 1 < levels) {
+      h = downsamplers[level]->as<torch::nn::Conv2dImpl>()->forward(h);
+      skips.push_back(h);
+    }
+  }
+  for (const auto& m : *middle_blocks) h = m->as<UNetBlock>()->forward(h, embedding, text);
+  size_t up = 0;
+  for (int64_t level = levels - 1; level >= 0; --level) {
+    for (int64_t i = 0; i <= options.num_res_blocks; ++i) {
+      h = up_blocks[up++]->as<UNetBlock>()->forward(torch::cat({h, skips.back()}, 1), embedding, text);
+      skips.pop_back();
+    }
+    if (level > 0) {
+      h = F::interpolate(h, F::InterpolateFuncOptions().scale_factor(std::vector<double>{2, 2}).mode(torch::kNearest));
+      h = upsamplers[levels - 1 - level]->as<torch::nn::Conv2dImpl>()->forward(h);
+    }
+  }
+  return conv_out(torch::silu(norm_out(h)));
+}
+
+}  // namespace difftrain::model

@@ -1,0 +1,86 @@
+// Text-conditioned UNet (Ho et al. 2020 architecture with the improvements of
+// Nichol & Dhariwal 2021 and the cross-attention of Rombach et al. 2022):
+//   sinusoidal timestep embedding + pooled caption -> per-block scale/shift,
+//   residual blocks, self-attention and cross-attention to the caption tokens
+//   at the configured resolutions.
+#pragma once
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/conv.h>
+#include <torch/nn/modules/dropout.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/modules/normalization.h>
+
+#include "model/attention.h"
+#include "model/text_encoder.h"
+
+namespace difftrain {
+struct ModelConfig;
+}
+
+namespace difftrain::model {
+
+struct UNetOptions {
+  int64_t image_channels = 3;
+  int64_t image_size = 32;
+  int64_t base_channels = 32;
+  std::vector<int64_t> channel_mults = {1, 2, 2};
+  int64_t num_res_blocks = 1;
+  std::vector<int64_t> attention_resolutions = {16, 8};
+  int64_t attention_heads = 4;
+  int64_t norm_groups = 8;
+  double dropout = 0.0;
+  TextEncoderOptions text;
+};
+UNetOptions unet_options_from(const ModelConfig& config, int64_t image_size);
+
+// Transformer-style sinusoidal embedding of the timestep (Vaswani et al. 2017, sec. 3.5).
+// t: (B) -> (B, dim)
+torch::Tensor timestep_embedding(const torch::Tensor& t, int64_t dim);
+
+struct ResBlockImpl : torch::nn::Module {
+  ResBlockImpl(int64_t in_channels, int64_t out_channels, int64_t embedding_dim, int64_t groups, double dropout);
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& embedding);  // x: (B, Cin, H, W), emb: (B, E)
+  torch::nn::GroupNorm norm1{nullptr}, norm2{nullptr};
+  torch::nn::Conv2d conv1{nullptr}, conv2{nullptr}, skip{nullptr};
+  torch::nn::Linear embedding_proj{nullptr};  // -> (scale, shift) of norm2, as in guided-diffusion
+  torch::nn::Dropout dropout{nullptr};
+};
+TORCH_MODULE(ResBlock);
+
+// Self-attention over the H*W positions, then cross-attention to the caption.
+struct SpatialAttentionImpl : torch::nn::Module {
+  SpatialAttentionImpl(int64_t channels, int64_t heads, int64_t context_dim, int64_t groups);
+  torch::Tensor forward(const torch::Tensor& x, const EncodedText& text);  // x: (B, C, H, W)
+  torch::nn::GroupNorm norm{nullptr};
+  torch::nn::LayerNorm norm_self{nullptr}, norm_cross{nullptr};
+  MultiHeadAttention self_attention{nullptr}, cross_attention{nullptr};
+};
+TORCH_MODULE(SpatialAttention);
+
+// One resolution step: a residual block, optionally followed by attention.
+struct UNetBlockImpl : torch::nn::Module {
+  UNetBlockImpl(ResBlock res, SpatialAttention attention);
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& embedding, const EncodedText& text);
+  ResBlock res{nullptr};
+  SpatialAttention attention{nullptr};  // null when this resolution has none
+};
+TORCH_MODULE(UNetBlock);
+
+struct UNetImpl : torch::nn::Module {
+  explicit UNetImpl(UNetOptions options);
+  // x_t: (B, C, H, W); t: (B) int64 in [0, T); tokens: (B, L) int64 (all padding = null condition).
+  // Returns the network output (B, C, H, W): eps or v depending on the objective it was trained with.
+  torch::Tensor forward(const torch::Tensor& x_t, const torch::Tensor& t, const torch::Tensor& tokens);
+
+  UNetOptions options;
+  TextEncoder text_encoder{nullptr};
+  torch::nn::Linear time_fc1{nullptr}, time_fc2{nullptr}, text_to_embedding{nullptr};
+  torch::nn::Conv2d conv_in{nullptr}, conv_out{nullptr};
+  torch::nn::GroupNorm norm_out{nullptr};
+  torch::nn::ModuleList down_blocks, downsamplers, middle_blocks, up_blocks, upsamplers;
+};
+TORCH_MODULE(UNet);
+
+}  // namespace difftrain::model

@@ -1,0 +1,94 @@
+#include "monitoring/metrics.h"
+
+#include <CivetServer.h>
+
+#include <prometheus/counter.h>
+#include <prometheus/exposer.h>
+#include <prometheus/gauge.h>
+#include <prometheus/registry.h>
+
+#include <stdexcept>
+#include <vector>
+
+namespace difftrain::monitoring {
+namespace {
+
+prometheus::Gauge* add_gauge(prometheus::Registry& registry, const std::string& name,
+                             const std::string& help, const prometheus::Labels& labels) {
+  return &prometheus::BuildGauge().Name(name).Help(help).Register(registry).Add(labels);
+}
+
+prometheus::Counter* add_counter(prometheus::Registry& registry, const std::string& name,
+                                 const std::string& help, const prometheus::Labels& labels) {
+  return &prometheus::BuildCounter().Name(name).Help(help).Register(registry).Add(labels);
+}
+
+std::string host_of(const std::string& bind_address) {
+  const auto colon = bind_address.rfind(':');
+  return colon == std::string::npos ? std::string("0.0.0.0") : bind_address.substr(0, colon);
+}
+
+}  // namespace
+
+TrainingMetrics::TrainingMetrics(const std::string& bind_address, int rank)
+    : registry_(std::make_shared<prometheus::Registry>()), host_(host_of(bind_address)) {
+  const prometheus::Labels labels = {{"rank", std::to_string(rank)}};
+  auto& r = *registry_;
+  loss_ = add_gauge(r, "difftrain_loss", "Training loss of the last step.", labels);
+  learning_rate_ = add_gauge(r, "difftrain_learning_rate", "Learning rate of the last step.", labels);
+  step_seconds_ = add_gauge(r, "difftrain_step_seconds", "Wall time of the last step.", labels);
+  images_per_second_ =
+      add_gauge(r, "difftrain_images_per_second", "Images per second this rank processed.", labels);
+  grad_norm_ = add_gauge(r, "difftrain_grad_norm", "Global gradient L2 norm before clipping.", labels);
+  loss_scale_ = add_gauge(r, "difftrain_loss_scale", "fp16 dynamic loss scale.", labels);
+  step_ = add_gauge(r, "difftrain_step", "Current optimizer step (continues across resumes).", labels);
+  steps_total_ = add_counter(r, "difftrain_steps_total", "Optimizer steps taken, skipped included.", labels);
+  images_total_ = add_counter(r, "difftrain_images_total", "Images this rank processed.", labels);
+  skipped_steps_total_ = add_counter(r, "difftrain_skipped_steps_total",
+                                     "Steps skipped because fp16 gradients overflowed.", labels);
+
+  // civetweb's exception is generic; its log callback says what really failed.
+  static thread_local std::string civetweb_message;
+  civetweb_message.clear();
+  CivetCallbacks callbacks{};
+  callbacks.log_message = [](const mg_connection*, const char* message) {
+    civetweb_message = message;
+    return 1;
+  };
+  try {
+    exposer_ = std::make_unique<prometheus::Exposer>(bind_address, 2, &callbacks);
+  } catch (const std::exception& e) {
+    throw std::runtime_error("monitoring: cannot listen on " + bind_address + ": " +
+                             (civetweb_message.empty() ? std::string(e.what()) : civetweb_message) +
+                             " (another run or rank on this port? pick another base port with monitoring.port=<port>)");
+  }
+  exposer_->RegisterCollectable(registry_);
+}
+
+TrainingMetrics::~TrainingMetrics() = default;
+
+void TrainingMetrics::record_step(const StepStats& stats) {
+  loss_->Set(stats.loss);
+  learning_rate_->Set(stats.learning_rate);
+  step_seconds_->Set(stats.step_seconds);
+  images_per_second_->Set(stats.images_per_second);
+  grad_norm_->Set(stats.grad_norm);
+  loss_scale_->Set(stats.loss_scale);
+  step_->Increment();
+  steps_total_->Increment();
+  images_total_->Increment(static_cast<double>(stats.images));
+  if (stats.skipped) skipped_steps_total_->Increment();
+}
+
+void TrainingMetrics::set_step(int64_t step) {
+  step_->Set(static_cast<double>(step));
+  const double behind = static_cast<double>(step) - steps_total_->Value();
+  if (behind > 0) steps_total_->Increment(behind);
+}
+
+std::string TrainingMetrics::bound_address() const {
+  const std::vector<int> ports = exposer_->GetListeningPorts();
+  return host_ + ":" + (ports.empty() ? std::string("?") : std::to_string(ports.front()));
+}
+
+}  // namespace difftrain::monitoring

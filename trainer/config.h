@@ -1,0 +1,99 @@
+// The experiment configuration: one YAML schema, validated once at start-up,
+// printed resolved and saved with every checkpoint (docs/CONFIG.md).
+//
+// Every key is listed once, in visit_config_fields() (config.cpp); parsing,
+// unknown-key detection, printing and saving all walk that one list.
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace difftrain {
+
+struct ConfigError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct RunConfig {
+  std::string dir = "runs/default";  // checkpoints/, samples/, metrics.jsonl live here
+  int64_t seed = 0;
+};
+
+struct DataConfig {
+  std::string dir = "runs/data/shapes32";  // directory of *.h5 shards (docs/SHARD_FORMAT.md)
+  bool synthetic = true;                    // generate the built-in shapes dataset if dir has no shards
+  int64_t synthetic_count = 20000;
+  int64_t image_size = 32;
+  int64_t prefetch_batches = 4;
+};
+
+struct ModelConfig {
+  int64_t base_channels = 32;
+  std::vector<int64_t> channel_mults = {1, 2, 2};
+  int64_t num_res_blocks = 1;
+  std::vector<int64_t> attention_resolutions = {16, 8};  // self- + cross-attention at these sizes
+  int64_t attention_heads = 4;
+  int64_t norm_groups = 8;
+  double dropout = 0.0;
+  int64_t text_width = 64;
+  int64_t text_layers = 2;
+  int64_t text_heads = 4;
+  int64_t max_tokens = 32;  // caption bytes kept; longer captions are truncated
+};
+
+struct DiffusionConfig {
+  int64_t timesteps = 1000;
+  std::string schedule = "linear";  // linear | cosine
+  std::string prediction = "eps";   // eps | v
+};
+
+struct TrainConfig {
+  int64_t batch_size = 32;  // per rank
+  int64_t max_steps = 2000;
+  double lr = 3e-4;
+  int64_t warmup_steps = 100;
+  double min_lr_ratio = 0.1;  // cosine decays to lr * min_lr_ratio
+  double weight_decay = 0.01;
+  double adam_beta1 = 0.9;
+  double adam_beta2 = 0.999;
+  double grad_clip = 1.0;  // max global L2 norm; 0 disables
+  double ema_decay = 0.999;
+  double cond_dropout = 0.1;  // probability a caption is replaced by the null (empty) caption
+  std::string precision = "fp32";  // fp32 | bf16 | fp16
+  std::string device = "cpu";      // cpu | cuda
+  int64_t threads = 1;             // torch intra-op threads per rank
+  int64_t log_every = 10;
+};
+
+struct CheckpointConfig {
+  int64_t every = 250;  // steps between checkpoints
+  int64_t keep = 3;     // newest complete checkpoints kept
+};
+
+struct MonitoringConfig {
+  bool enabled = true;
+  std::string host = "127.0.0.1";
+  int64_t port = 9400;  // rank with local rank r serves on port + r
+};
+
+struct Config {
+  RunConfig run;
+  DataConfig data;
+  ModelConfig model;
+  DiffusionConfig diffusion;
+  TrainConfig train;
+  CheckpointConfig checkpoint;
+  MonitoringConfig monitoring;
+};
+
+// Loads `path` (empty = built-in defaults), applies "key.path=value" overrides,
+// rejects unknown keys and wrong types naming the key's path, validates ranges.
+Config load_config(const std::string& path, const std::vector<std::string>& overrides);
+Config parse_config_text(const std::string& yaml_text, const std::string& source_name,
+                         const std::vector<std::string>& overrides);
+void validate_config(const Config& config);
+std::string config_to_yaml(const Config& config);
+
+}  // namespace difftrain

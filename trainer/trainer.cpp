@@ -1,0 +1,264 @@
+#include "trainer/trainer.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "data/loader.h"
+#include "data/shard_reader.h"
+#include "data/synthetic_shapes.h"
+#include "diffusion/objective.h"
+#include "diffusion/schedule.h"
+#include "model/tokenizer.h"
+#include "model/unet.h"
+#include "monitoring/metrics.h"
+#include "monitoring/progress.h"
+#include "trainer/batch_tensors.h"
+#include "trainer/checkpoint.h"
+#include "trainer/communicator.h"
+#include "trainer/ema.h"
+#include "trainer/loss_scaler.h"
+#include "trainer/lr_schedule.h"
+#include "trainer/mpi_session.h"
+#include "trainer/precision.h"
+
+namespace difftrain {
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+data::ImageGeometry geometry_of(const Config& c) { return {c.data.image_size, c.data.image_size, 3}; }
+
+// Rank 0 writes the built-in dataset when asked and missing; the others wait.
+void prepare_data(const Config& c, Communicator& comm) {
+  if (comm.rank() == 0 && c.data.synthetic) {
+    data::SyntheticSpec spec;
+    spec.count = c.data.synthetic_count;
+    spec.image_size = c.data.image_size;
+    spec.seed = static_cast<uint64_t>(c.run.seed) + 1234;
+    const auto paths = data::write_synthetic_shards(c.data.dir, spec);
+    spdlog::info("data: {} shards of built-in captioned shapes in {}", paths.size(), c.data.dir);
+  }
+  comm.barrier();
+}
+
+// Each rank draws its own noise, timesteps and condition dropout.
+uint64_t rank_seed(int64_t run_seed, int rank) {
+  return static_cast<uint64_t>(run_seed) * 1000003ULL + 7919ULL * static_cast<uint64_t>(rank) + 1;
+}
+
+std::vector<torch::Tensor> gradients_of(const std::vector<torch::Tensor>& params) {
+  std::vector<torch::Tensor> grads;
+  grads.reserve(params.size());
+  for (const auto& p : params) {
+    // A parameter unused this step must still take part, or the ranks' flat buffers would differ.
+    if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+    grads.push_back(p.grad());
+  }
+  return grads;
+}
+
+double global_grad_norm(const std::vector<torch::Tensor>& grads) {
+  double sum = 0;
+  for (const auto& g : grads) sum += g.pow(2).sum().item<double>();
+  return std::sqrt(sum);
+}
+
+void clip_gradients(const std::vector<torch::Tensor>& grads, double norm, double max_norm) {
+  if (max_norm <= 0 || norm <= max_norm) return;
+  torch::NoGradGuard no_grad;
+  const double factor = max_norm / (norm + 1e-6);
+  for (const auto& g : grads) g.mul_(factor);
+}
+
+void set_learning_rate(torch::optim::Optimizer& optimizer, double lr) {
+  for (auto& group : optimizer.param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
+}
+
+// Replaces each caption, with probability p, by the null condition (all padding).
+torch::Tensor drop_conditions(torch::Tensor tokens, double p, at::Generator& gen) {
+  if (p <= 0) return tokens;
+  auto drop = torch::rand({tokens.size(0)}, gen) < p;  // (B)
+  return tokens.masked_fill(drop.unsqueeze(1), model::kPadToken);
+}
+
+void append_jsonl(const fs::path& path, const nlohmann::json& line) {
+  std::ofstream out(path, std::ios::app);
+  out << line.dump() << "\n";
+}
+
+}  // namespace
+
+void train(const Config& config, MpiSession& session) {
+  torch::set_num_threads(static_cast<int>(config.train.threads));
+  const torch::Device device(config.train.device == "cuda" ? torch::kCUDA : torch::kCPU,
+                             config.train.device == "cuda" ? session.local_rank() : -1);
+  auto comm = make_communicator(session, device);
+  const bool lead = comm->rank() == 0;
+  const std::string config_yaml = config_to_yaml(config);
+  if (lead) {
+    spdlog::info("resolved configuration:\n{}", config_yaml);
+    spdlog::info("world: {} rank(s), backend {}, device {}", comm->world_size(), comm->backend(), device.str());
+    fs::create_directories(config.run.dir);
+    remove_incomplete_checkpoints(config.run.dir);
+  }
+
+  prepare_data(config, *comm);
+  data::LoaderOptions loader_options;
+  loader_options.shard_dir = config.data.dir;
+  loader_options.geometry = geometry_of(config);
+  loader_options.batch_size = config.train.batch_size;
+  loader_options.rank = comm->rank();
+  loader_options.world_size = comm->world_size();
+  loader_options.seed = static_cast<uint64_t>(config.run.seed);
+  loader_options.prefetch_batches = static_cast<int>(config.data.prefetch_batches);
+
+  torch::manual_seed(config.run.seed);
+  const auto unet_options = model::unet_options_from(config.model, config.data.image_size);
+  model::UNet net(unet_options), ema_net(unet_options);
+  net->to(device);
+  ema_net->to(device);
+  copy_weights(*net, *ema_net);
+  ema_net->eval();
+  const auto params = net->parameters();
+  torch::optim::AdamW optimizer(params, torch::optim::AdamWOptions(config.train.lr)
+                                            .betas({config.train.adam_beta1, config.train.adam_beta2})
+                                            .weight_decay(config.train.weight_decay));
+  const Precision precision = parse_precision(config.train.precision);
+  DynamicLossScaler scaler(precision == Precision::kFp16);
+  Ema ema(*net, *ema_net, config.train.ema_decay);
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(rank_seed(config.run.seed, comm->rank()));
+
+  TrainingState state;
+  state.world_size = comm->world_size();
+  if (auto latest = latest_checkpoint(config.run.dir)) {
+    CheckpointContents contents{*net, *ema_net, optimizer, torch::Tensor()};
+    state = load_checkpoint(*latest, comm->rank(), contents);
+    if (contents.rng_state.defined()) gen.set_state(contents.rng_state);
+    scaler.restore(state.loss_scale, state.loss_scale_clean_steps);
+    if (lead) spdlog::info("resumed from {} at step {}", *latest, state.step);
+    if (state.world_size != comm->world_size() && lead)
+      spdlog::warn("checkpoint was written by {} ranks, resuming with {}: data position kept by sample count",
+                   state.world_size, comm->world_size());
+    state.world_size = comm->world_size();
+  }
+  // Identical starting weights on every rank, whatever each rank loaded or initialised.
+  comm->broadcast(net->parameters(), 0);
+  comm->broadcast(ema_net->parameters(), 0);
+
+  const int64_t global_batch = config.train.batch_size * comm->world_size();
+  data::Loader loader(loader_options, {state.epoch, state.samples_in_epoch / global_batch});
+  if (lead)
+    spdlog::info("data: {} samples, {} batches of {} per rank per epoch", loader.dataset_size(),
+                 loader.batches_per_epoch(), config.train.batch_size);
+
+  std::unique_ptr<monitoring::TrainingMetrics> metrics;
+  if (config.monitoring.enabled) {
+    const std::string address =
+        config.monitoring.host + ":" + std::to_string(config.monitoring.port + session.local_rank());
+    metrics = std::make_unique<monitoring::TrainingMetrics>(address, comm->rank());
+    metrics->set_step(state.step);
+    if (lead) spdlog::info("metrics: http://{}/metrics (+ local rank for the other ranks)", metrics->bound_address());
+  }
+
+  const auto schedule = diffusion::make_schedule(config.diffusion.schedule, config.diffusion.timesteps);
+  const auto prediction = diffusion::parse_prediction(config.diffusion.prediction);
+  const int64_t H = config.data.image_size, B = config.train.batch_size;
+  const fs::path stats_path = fs::path(config.run.dir) / "metrics.jsonl";
+  double loss_sum = 0;
+  int64_t loss_count = 0;
+  auto last_log = Clock::now();
+  int64_t last_log_step = state.step;
+  net->train();
+
+  while (state.step < config.train.max_steps) {
+    const auto step_start = Clock::now();
+    data::Batch batch = loader.next();
+    auto x0 = images_to_tensor(batch.images, batch.size, H, H, 3).to(device);
+    auto tokens = drop_conditions(tokenize_batch(batch.captions, config.model.max_tokens), config.train.cond_dropout,
+                                  gen)
+                      .to(device);
+    auto t = torch::randint(0, schedule.timesteps, {B}, gen, torch::kInt64).to(device);
+    auto noise = torch::randn(x0.sizes(), gen, torch::kFloat32).to(device);
+    auto x_t = diffusion::q_sample(schedule, x0, t, noise);
+    auto target = diffusion::training_target(prediction, schedule, x0, noise, t);
+
+    torch::Tensor output;
+    {
+      AutocastScope autocast(precision, device);
+      output = net->forward(x_t, t, tokens);
+    }
+    auto loss = torch::mse_loss(output.to(torch::kFloat32), target);
+    optimizer.zero_grad();
+    (loss * scaler.scale()).backward();
+
+    auto grads = gradients_of(params);
+    comm->allreduce_mean(grads);
+    // Averaged gradients are identical on every rank, so every rank makes the same skip decision.
+    const bool finite = scaler.unscale_and_check(grads);
+    scaler.update(finite);
+    const double lr = learning_rate_at(state.step, config.train.lr, config.train.warmup_steps,
+                                       config.train.max_steps, config.train.min_lr_ratio);
+    double grad_norm = 0;
+    if (finite) {
+      grad_norm = global_grad_norm(grads);
+      clip_gradients(grads, grad_norm, config.train.grad_clip);
+      set_learning_rate(optimizer, lr);
+      optimizer.step();
+    }
+    state.step += 1;
+    if (finite) ema.update(state.step);
+    state.images_seen += global_batch;
+    state.samples_in_epoch = (batch.position.batch + 1) * global_batch;
+    state.epoch = batch.position.epoch;
+    if (batch.position.batch + 1 == loader.batches_per_epoch()) state.epoch += 1, state.samples_in_epoch = 0;
+    state.loss_scale = scaler.scale();
+    state.loss_scale_clean_steps = scaler.clean_steps();
+
+    const double loss_value = loss.item<double>();
+    loss_sum += loss_value;
+    loss_count += 1;
+    const double step_seconds = std::chrono::duration<double>(Clock::now() - step_start).count();
+    if (metrics)
+      metrics->record_step({loss_value, lr, step_seconds, static_cast<double>(B) / step_seconds, grad_norm,
+                            scaler.scale(), B, !finite});
+
+    if (state.step % config.train.log_every == 0 || state.step == config.train.max_steps) {
+      const auto totals = comm->allreduce_sum({loss_sum, static_cast<double>(loss_count)});
+      const double mean_loss = totals[0] / totals[1];
+      const double elapsed = std::chrono::duration<double>(Clock::now() - last_log).count();
+      const double per_step = elapsed / static_cast<double>(state.step - last_log_step);
+      const double images_per_second = static_cast<double>(global_batch) / per_step;
+      if (lead) {
+        std::printf("%s\n", monitoring::format_progress(state.step, config.train.max_steps, mean_loss,
+                                                        images_per_second, per_step)
+                                .c_str());
+        std::fflush(stdout);
+        append_jsonl(stats_path, {{"step", state.step},
+                                  {"images_seen", state.images_seen},
+                                  {"loss", mean_loss},
+                                  {"learning_rate", lr},
+                                  {"grad_norm", grad_norm},
+                                  {"images_per_second", images_per_second},
+                                  {"loss_scale", scaler.scale()}});
+      }
+      loss_sum = 0, loss_count = 0, last_log = Clock::now(), last_log_step = state.step;
+    }
+
+    if (state.step % config.checkpoint.every == 0 || state.step == config.train.max_steps) {
+      CheckpointContents contents{*net, *ema_net, optimizer, gen.get_state()};
+      const auto path = save_checkpoint(*comm, config.run.dir, state, contents, config_yaml, config.checkpoint.keep);
+      if (lead) spdlog::info("checkpoint: {}", path);
+    }
+  }
+  if (lead) spdlog::info("training done: step {} in {}", state.step, config.run.dir);
+}
+
+}  // namespace difftrain
