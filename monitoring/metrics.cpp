@@ -1,14 +1,10 @@
 #include "monitoring/metrics.h"
 
-#include <CivetServer.h>
+#include "monitoring/metrics_http_server.h"
 
 #include <prometheus/counter.h>
-#include <prometheus/exposer.h>
 #include <prometheus/gauge.h>
 #include <prometheus/registry.h>
-
-#include <stdexcept>
-#include <vector>
 
 namespace difftrain::monitoring {
 namespace {
@@ -23,15 +19,10 @@ prometheus::Counter* add_counter(prometheus::Registry& registry, const std::stri
   return &prometheus::BuildCounter().Name(name).Help(help).Register(registry).Add(labels);
 }
 
-std::string host_of(const std::string& bind_address) {
-  const auto colon = bind_address.rfind(':');
-  return colon == std::string::npos ? std::string("0.0.0.0") : bind_address.substr(0, colon);
-}
-
 }  // namespace
 
 TrainingMetrics::TrainingMetrics(const std::string& bind_address, int rank)
-    : registry_(std::make_shared<prometheus::Registry>()), host_(host_of(bind_address)) {
+    : registry_(std::make_shared<prometheus::Registry>()) {
   const prometheus::Labels labels = {{"rank", std::to_string(rank)}};
   auto& r = *registry_;
   loss_ = add_gauge(r, "difftrain_loss", "Training loss of the last step.", labels);
@@ -47,22 +38,8 @@ TrainingMetrics::TrainingMetrics(const std::string& bind_address, int rank)
   skipped_steps_total_ = add_counter(r, "difftrain_skipped_steps_total",
                                      "Steps skipped because fp16 gradients overflowed.", labels);
 
-  // civetweb's exception is generic; its log callback says what really failed.
-  static thread_local std::string civetweb_message;
-  civetweb_message.clear();
-  CivetCallbacks callbacks{};
-  callbacks.log_message = [](const mg_connection*, const char* message) {
-    civetweb_message = message;
-    return 1;
-  };
-  try {
-    exposer_ = std::make_unique<prometheus::Exposer>(bind_address, 2, &callbacks);
-  } catch (const std::exception& e) {
-    throw std::runtime_error("monitoring: cannot listen on " + bind_address + ": " +
-                             (civetweb_message.empty() ? std::string(e.what()) : civetweb_message) +
-                             " (another run or rank on this port? pick another base port with monitoring.port=<port>)");
-  }
-  exposer_->RegisterCollectable(registry_);
+  // Throws std::runtime_error naming the address when it cannot listen.
+  server_ = std::make_unique<MetricsHttpServer>(bind_address, registry_);
 }
 
 TrainingMetrics::~TrainingMetrics() = default;
@@ -86,9 +63,6 @@ void TrainingMetrics::set_step(int64_t step) {
   if (behind > 0) steps_total_->Increment(behind);
 }
 
-std::string TrainingMetrics::bound_address() const {
-  const std::vector<int> ports = exposer_->GetListeningPorts();
-  return host_ + ":" + (ports.empty() ? std::string("?") : std::to_string(ports.front()));
-}
+std::string TrainingMetrics::bound_address() const { return server_->bound_address(); }
 
 }  // namespace difftrain::monitoring

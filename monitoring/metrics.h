@@ -3,8 +3,8 @@
 // a dashboard can show ranks side by side or sum them.
 //
 // Threading: record_step/set_step may be called from any thread; the HTTP
-// server answers scrapes on its own threads, and prometheus-cpp metrics are
-// atomic, so no lock is needed here.
+// server (MetricsHttpServer) answers scrapes on its own thread and only reads
+// the registry; prometheus-cpp metrics are atomic, so no lock is needed here.
 #pragma once
 
 #include <cstdint>
@@ -13,12 +13,13 @@
 
 namespace prometheus {
 class Counter;
-class Exposer;
 class Gauge;
 class Registry;
 }  // namespace prometheus
 
 namespace difftrain::monitoring {
+
+class MetricsHttpServer;
 
 // What one optimizer step reports. `skipped` marks an fp16 step whose
 // gradients overflowed, so the optimizer did not apply it.
@@ -56,8 +57,7 @@ class TrainingMetrics {
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
-  std::unique_ptr<prometheus::Exposer> exposer_;
-  std::string host_;
+  std::unique_ptr<MetricsHttpServer> server_;  // declared after registry_: stops before it goes
 
   // Owned by registry_; pointers stay valid for its lifetime.
   prometheus::Gauge* loss_;

@@ -6,16 +6,19 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <chrono>
 #include <fstream>
 #include <regex>
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <thread>
 
 namespace dm = difftrain::monitoring;
 
@@ -23,10 +26,13 @@ namespace {
 
 int port_of(const std::string& address) { return std::stoi(address.substr(address.rfind(':') + 1)); }
 
-// HTTP/1.0 so the server closes the connection and "read until EOF" is the whole reply.
-std::string http_get(int port, const std::string& path) {
+// Connected TCP socket to 127.0.0.1:port. A 10 s receive timeout makes a
+// server that never answers fail the test instead of hanging it.
+int connect_to(int port) {
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   if (fd < 0) throw std::runtime_error("socket failed");
+  timeval timeout{10, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_port = htons(static_cast<uint16_t>(port));
@@ -35,13 +41,36 @@ std::string http_get(int port, const std::string& path) {
     ::close(fd);
     throw std::runtime_error("connect to port " + std::to_string(port) + " failed");
   }
-  const std::string request = "GET " + path + " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-  ::send(fd, request.data(), request.size(), 0);
+  return fd;
+}
+
+// Sends `request` verbatim and reads until the server closes the connection.
+std::string http_raw(int port, const std::string& request) {
+  const int fd = connect_to(port);
+  ::send(fd, request.data(), request.size(), MSG_NOSIGNAL);
   std::string reply;
   char buf[4096];
   for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, 0)) > 0;) reply.append(buf, static_cast<size_t>(n));
   ::close(fd);
   return reply;
+}
+
+// HTTP/1.0 so the server closes the connection and "read until EOF" is the whole reply.
+std::string http_get(int port, const std::string& path) {
+  return http_raw(port, "GET " + path + " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+}
+
+std::string status_line(const std::string& reply) { return reply.substr(0, reply.find("\r\n")); }
+
+std::string header_block(const std::string& reply) { return reply.substr(0, reply.find("\r\n\r\n") + 2); }
+
+std::string body_of(const std::string& reply) {
+  const auto end = reply.find("\r\n\r\n");
+  return end == std::string::npos ? std::string() : reply.substr(end + 4);
+}
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
 std::string scrape(const dm::TrainingMetrics& metrics) {
@@ -124,6 +153,94 @@ TEST(TrainingMetrics, PortInUseNamesAddressAndConfigKey) {
     const std::string what = e.what();
     EXPECT_NE(what.find(taken), std::string::npos) << what;
     EXPECT_NE(what.find("monitoring.port="), std::string::npos) << what;
+  }
+}
+
+TEST(TrainingMetrics, MetricsReplyIsPrometheusText) {
+  dm::TrainingMetrics metrics("127.0.0.1:0", 0);
+  metrics.record_step(example_step());
+  // HTTP/1.1 as Prometheus sends it; the server still closes after one reply.
+  const std::string reply = http_raw(port_of(metrics.bound_address()),
+                                     "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                     "Accept-Encoding: gzip\r\n\r\n");
+  EXPECT_EQ(status_line(reply), "HTTP/1.1 200 OK") << reply;
+  const std::string head = header_block(reply);
+  EXPECT_NE(head.find("\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"), std::string::npos)
+      << head;
+  EXPECT_NE(head.find("\r\nConnection: close\r\n"), std::string::npos) << head;
+  const std::string body = body_of(reply);
+  EXPECT_NE(head.find("\r\nContent-Length: " + std::to_string(body.size()) + "\r\n"), std::string::npos)
+      << head << "body bytes: " << body.size();
+  EXPECT_TRUE(has_line(body, R"(difftrain_loss{rank="0"} 0.25)")) << body;
+  // A query string does not change the path.
+  EXPECT_EQ(status_line(http_get(port_of(metrics.bound_address()), "/metrics?x=1")), "HTTP/1.1 200 OK");
+}
+
+TEST(TrainingMetrics, OtherPathIs404AndOtherMethodIs405) {
+  dm::TrainingMetrics metrics("127.0.0.1:0", 0);
+  const int port = port_of(metrics.bound_address());
+  const std::string not_found = http_get(port, "/other");
+  EXPECT_EQ(status_line(not_found), "HTTP/1.1 404 Not Found") << not_found;
+  EXPECT_EQ(body_of(not_found).find("difftrain_"), std::string::npos) << not_found;
+  EXPECT_EQ(status_line(http_get(port, "/")), "HTTP/1.1 404 Not Found");
+
+  const std::string post = http_raw(port, "POST /metrics HTTP/1.0\r\nContent-Length: 0\r\n\r\n");
+  EXPECT_EQ(status_line(post), "HTTP/1.1 405 Method Not Allowed") << post;
+  EXPECT_NE(header_block(post).find("\r\nAllow: GET\r\n"), std::string::npos) << post;
+
+  EXPECT_EQ(status_line(http_raw(port, "garbage\r\n\r\n")), "HTTP/1.1 400 Bad Request");
+  // The server is still serving after all of that.
+  EXPECT_EQ(status_line(http_get(port, "/metrics")), "HTTP/1.1 200 OK");
+}
+
+TEST(TrainingMetrics, SilentClientDoesNotBlockTheNextScrape) {
+  dm::TrainingMetrics metrics("127.0.0.1:0", 0);
+  const int port = port_of(metrics.bound_address());
+  const int silent = connect_to(port);  // connects, never sends a byte, stays open
+  const auto start = std::chrono::steady_clock::now();
+  const std::string reply = http_get(port, "/metrics");
+  const double waited = seconds_since(start);
+  EXPECT_EQ(status_line(reply), "HTTP/1.1 200 OK") << reply;
+  EXPECT_LT(waited, 4.0) << "the server should drop a silent client after its read timeout";
+  // The silent client was closed by the server without a reply.
+  char byte;
+  EXPECT_EQ(::recv(silent, &byte, 1, 0), 0);
+  ::close(silent);
+}
+
+TEST(TrainingMetrics, DestructorStopsPromptly) {
+  auto start = std::chrono::steady_clock::now();
+  { dm::TrainingMetrics metrics("127.0.0.1:0", 0); }
+  EXPECT_LT(seconds_since(start), 1.0);
+
+  // Even with a client connected mid-request, stopping waits at most one read timeout.
+  auto metrics = std::make_unique<dm::TrainingMetrics>("127.0.0.1:0", 0);
+  const int silent = connect_to(port_of(metrics->bound_address()));
+  ::send(silent, "GET /met", 8, MSG_NOSIGNAL);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  start = std::chrono::steady_clock::now();
+  metrics.reset();
+  EXPECT_LT(seconds_since(start), 2.0);
+  ::close(silent);
+}
+
+TEST(TrainingMetrics, PortIsFreedOnDestruction) {
+  std::string address;
+  { dm::TrainingMetrics first("127.0.0.1:0", 0); address = first.bound_address(); }
+  dm::TrainingMetrics again(address, 0);  // SO_REUSEADDR: no TIME_WAIT trouble
+  EXPECT_EQ(again.bound_address(), address);
+}
+
+TEST(TrainingMetrics, BadAddressNamesItAndTheConfigKey) {
+  for (const std::string address : {"example.invalid:9400", "127.0.0.1:port", "127.0.0.1:70000"}) {
+    try {
+      dm::TrainingMetrics metrics(address, 0);
+      FAIL() << address << " should be rejected";
+    } catch (const std::runtime_error& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find("cannot listen on " + address), std::string::npos) << what;
+      EXPECT_NE(what.find("monitoring."), std::string::npos) << what;
+    }
   }
 }
 

@@ -1,0 +1,165 @@
+// Samplers and schedules checked against closed forms: for Gaussian data
+// x0 ~ N(mu, s^2 I) the optimal eps-predictor and the probability-flow ODE map
+// are known exactly, so sampler error can be measured, not guessed.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "diffusion/guidance.h"
+#include "diffusion/objective.h"
+#include "diffusion/samplers.h"
+#include "diffusion/schedule.h"
+
+namespace dd = difftrain::diffusion;
+
+namespace {
+
+constexpr double kMu = 0.3, kS = 0.5;
+
+// E[eps | x_t] for x0 ~ N(mu, s^2): sqrt(1-a) (x_t - sqrt(a) mu) / (a s^2 + 1 - a).
+dd::EpsModel gaussian_optimal_eps(const dd::NoiseSchedule& schedule) {
+  return [schedule](const torch::Tensor& x, const torch::Tensor& t) {
+    auto a = dd::gather_coefficient(schedule.alphas_cumprod, t, x);
+    return (1 - a).sqrt() * (x - a.sqrt() * kMu) / (a * kS * kS + 1 - a);
+  };
+}
+
+// The probability-flow ODE keeps the standardised value: x0 = mu + s (x_T - sqrt(a_T) mu) / sqrt(a_T s^2 + 1 - a_T).
+torch::Tensor exact_ode_map(const torch::Tensor& xT, double a_T) {
+  return kMu + kS * (xT - std::sqrt(a_T) * kMu) / std::sqrt(a_T * kS * kS + 1 - a_T);
+}
+
+std::vector<uint64_t> seeds(int64_t n, uint64_t base = 0) {
+  std::vector<uint64_t> s(n);
+  for (int64_t i = 0; i < n; ++i) s[i] = base + i;
+  return s;
+}
+
+}  // namespace
+
+TEST(Schedule, LinearMatchesHoEtAl) {
+  auto s = dd::linear_schedule(1000);
+  EXPECT_NEAR(s.betas[0].item<double>(), 1e-4, 1e-12);
+  EXPECT_NEAR(s.betas[999].item<double>(), 0.02, 1e-12);
+  double prod = 1;
+  for (int t = 0; t < 1000; ++t) prod *= 1 - (1e-4 + (0.02 - 1e-4) * t / 999.0);
+  EXPECT_NEAR(s.alphas_cumprod[999].item<double>(), prod, 1e-12);
+}
+
+TEST(Schedule, CosineMatchesNicholDhariwalEq17) {
+  auto s = dd::cosine_schedule(1000);
+  auto f = [](double t) { return std::pow(std::cos((t / 1000 + 0.008) / 1.008 * M_PI / 2), 2); };
+  for (int t : {0, 10, 500, 900}) EXPECT_NEAR(s.alphas_cumprod[t].item<double>(), f(t + 1) / f(0), 1e-9) << t;
+  EXPECT_LE(s.betas.max().item<double>(), 0.999);
+}
+
+TEST(Schedule, RoundTripsThroughAlphasCumprod) {
+  auto s = dd::cosine_schedule(100);
+  auto r = dd::schedule_from_alphas_cumprod(s.alphas_cumprod);
+  EXPECT_TRUE(torch::allclose(r.betas, s.betas, 1e-10, 1e-12));
+}
+
+TEST(Schedule, TimestepSpacings) {
+  EXPECT_EQ(dd::sampling_timesteps(1000, 4, "leading"), (std::vector<int64_t>{750, 500, 250, 0}));
+  EXPECT_EQ(dd::sampling_timesteps(1000, 4, "trailing"), (std::vector<int64_t>{999, 749, 499, 249}));
+  EXPECT_EQ(dd::sampling_timesteps(1000, 4, "linspace"), (std::vector<int64_t>{999, 666, 333, 0}));
+  EXPECT_EQ(dd::sampling_timesteps(10, 10, "trailing").size(), 10u);
+  EXPECT_THROW(dd::sampling_timesteps(10, 11, "trailing"), std::invalid_argument);
+  EXPECT_THROW(dd::sampling_timesteps(10, 5, "sideways"), std::invalid_argument);
+}
+
+TEST(Forward, QSampleHasTheMarginalOfEq4) {
+  auto s = dd::linear_schedule(1000);
+  torch::manual_seed(0);
+  auto x0 = torch::full({200000, 1, 1, 1}, 2.0);
+  auto t = torch::full({200000}, 300, torch::kInt64);
+  auto xt = dd::q_sample(s, x0, t, torch::randn_like(x0));
+  const double a = s.alphas_cumprod[300].item<double>();
+  EXPECT_NEAR(xt.mean().item<double>(), std::sqrt(a) * 2.0, 0.01);
+  EXPECT_NEAR(xt.var().item<double>(), 1 - a, 0.01);
+}
+
+TEST(Objective, VPredictionConvertsBackToEps) {
+  auto s = dd::cosine_schedule(1000);
+  torch::manual_seed(1);
+  auto x0 = torch::randn({8, 3, 4, 4}), eps = torch::randn({8, 3, 4, 4});
+  auto t = torch::randint(0, 1000, {8}, torch::kInt64);
+  auto xt = dd::q_sample(s, x0, t, eps);
+  auto v = dd::training_target(dd::Prediction::kV, s, x0, eps, t);
+  EXPECT_TRUE(torch::allclose(dd::output_to_eps(dd::Prediction::kV, s, v, xt, t), eps, 1e-4, 1e-5));
+}
+
+TEST(Noise, AnImagesNoiseDependsOnlyOnItsSeed) {
+  dd::PerImageNoise batch(seeds(3, 100)), single({102});
+  auto a = batch.randn({3, 4, 4}, torch::kFloat32);
+  auto b = single.randn({3, 4, 4}, torch::kFloat32);
+  EXPECT_TRUE(torch::equal(a[2], b[0]));
+  EXPECT_FALSE(torch::equal(a[0], a[1]));
+}
+
+TEST(Guidance, CombinesConditionalAndUnconditionalInOneForward) {
+  auto s = dd::linear_schedule(10);
+  int calls = 0;
+  // Output depends on whether the row's tokens are the null condition.
+  dd::Network net = [&](const torch::Tensor& x, const torch::Tensor&, const torch::Tensor& tokens) {
+    ++calls;
+    auto is_null = (tokens.sum(1) == 0).to(torch::kFloat32).view({-1, 1, 1, 1});
+    return x * 0 + 2.0 * (1 - is_null) + 0.5 * is_null;
+  };
+  auto tokens = torch::ones({2, 4}, torch::kInt64), null_tokens = torch::zeros({2, 4}, torch::kInt64);
+  auto x = torch::zeros({2, 1, 2, 2});
+  auto t = torch::zeros({2}, torch::kInt64);
+  auto guided = dd::guided_eps_model(net, tokens, null_tokens, 3.0, dd::Prediction::kEps, s);
+  EXPECT_TRUE(torch::allclose(guided(x, t), torch::full_like(x, 0.5 + 3.0 * (2.0 - 0.5))));
+  EXPECT_EQ(calls, 1);
+  calls = 0;
+  EXPECT_TRUE(torch::allclose(dd::guided_eps_model(net, tokens, null_tokens, 1.0, dd::Prediction::kEps, s)(x, t),
+                              torch::full_like(x, 2.0)));
+  EXPECT_TRUE(torch::allclose(dd::guided_eps_model(net, tokens, null_tokens, 0.0, dd::Prediction::kEps, s)(x, t),
+                              torch::full_like(x, 0.5)));
+  EXPECT_EQ(calls, 2);
+}
+
+TEST(Samplers, DdimEta0ConvergesToTheExactOdeMapAtFirstOrder) {
+  auto s = dd::linear_schedule(1000);
+  dd::PerImageNoise noise(seeds(64));
+  auto xT = noise.randn({1, 4, 4}, torch::kFloat64);
+  auto exact = exact_ode_map(xT, s.alphas_cumprod[999].item<double>());
+  std::vector<double> errors;
+  const std::vector<int64_t> steps = {10, 20, 40, 80};
+  for (int64_t n : steps) {
+    dd::PerImageNoise unused(seeds(64));
+    auto x0 = dd::ddim_sample(gaussian_optimal_eps(s), xT.clone(), s, dd::sampling_timesteps(1000, n, "linspace"),
+                              0.0, unused, false);
+    errors.push_back((x0 - exact).abs().max().item<double>());
+  }
+  const double slope = std::log(errors.back() / errors.front()) / std::log(80.0 / 10.0);
+  EXPECT_LT(slope, -0.8) << "errors " << errors[0] << " " << errors[3];
+  EXPECT_GT(slope, -1.3);
+  EXPECT_LT(errors.back(), 0.02);
+}
+
+TEST(Samplers, DdpmOverAllStepsReproducesTheDataDistribution) {
+  auto s = dd::linear_schedule(1000);
+  const int64_t n = 2048;
+  dd::PerImageNoise noise(seeds(n, 7));
+  auto x = noise.randn({1, 2, 2}, torch::kFloat64);
+  auto x0 = dd::ddpm_sample(gaussian_optimal_eps(s), x, s, dd::DdpmVariance::kPosterior, noise, false);
+  const double count = static_cast<double>(x0.numel());
+  EXPECT_NEAR(x0.mean().item<double>(), kMu, 5 * kS / std::sqrt(count));
+  // Standard error of a sample variance: s^2 sqrt(2 / n).
+  EXPECT_NEAR(x0.var().item<double>(), kS * kS, 5 * kS * kS * std::sqrt(2.0 / count));
+}
+
+TEST(Samplers, DdimEta1IsStochasticAndEta0IsNot) {
+  auto s = dd::linear_schedule(100);
+  auto run = [&](double eta, uint64_t base) {
+    dd::PerImageNoise start(seeds(4)), noise(seeds(4, base));
+    return dd::ddim_sample(gaussian_optimal_eps(s), start.randn({1, 2, 2}, torch::kFloat64), s,
+                           dd::sampling_timesteps(100, 10, "trailing"), eta, noise, false);
+  };
+  EXPECT_TRUE(torch::equal(run(0.0, 1), run(0.0, 99)));
+  EXPECT_FALSE(torch::equal(run(1.0, 1), run(1.0, 99)));
+  EXPECT_THROW(run(1.5, 1), c10::Error);
+}
