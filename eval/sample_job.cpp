@@ -102,8 +102,9 @@ SampleResult run_sample_job(const SampleOptions& o) {
       }
       spdlog::info("  guidance {}: {}/{} images", w, start + n, per_scale);
     }
-    const int columns = static_cast<int>(std::min<int64_t>(o.images_per_prompt == 1 ? 6 : o.images_per_prompt,
-                                                           static_cast<int64_t>(images.size())));
+    // Whole prompts per row, about six images wide.
+    const int64_t per_row = o.images_per_prompt * std::max<int64_t>(1, 6 / o.images_per_prompt);
+    const int columns = static_cast<int>(std::min<int64_t>(per_row, static_cast<int64_t>(images.size())));
     const auto grid_path = (fs::path(o.out_dir) / ("grid-" + guidance_tag(w) + ".png")).string();
     write_png(grid_path, make_labelled_grid(images, labels, columns, static_cast<int>(o.upscale)));
     result.grids.push_back(grid_path);

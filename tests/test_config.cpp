@@ -56,8 +56,9 @@ TEST(Config, WrongTypeNamesTheKey) {
             std::string::npos);
   EXPECT_NE(error_of("model:\n  channel_mults: 2\n").find("'model.channel_mults' expects a list of integers"),
             std::string::npos);
-  EXPECT_NE(error_of("train:\n  lr: {a: 1}\n").find("'train.lr' expects a number, got a mapping"),
-            std::string::npos);
+  EXPECT_NE(error_of("train:\n  lr: [1, 2]\n").find("'train.lr' expects a number, got a list"), std::string::npos);
+  // A mapping where a value belongs reads as keys below it: reported as unknown.
+  EXPECT_NE(error_of("train:\n  lr: {a: 1}\n").find("unknown config key 'train.lr.a'"), std::string::npos);
 }
 
 TEST(Config, OutOfRangeValueNamesTheKey) {

@@ -137,7 +137,11 @@ TEST(Samplers, DdimEta0ConvergesToTheExactOdeMapAtFirstOrder) {
   const double slope = std::log(errors.back() / errors.front()) / std::log(80.0 / 10.0);
   EXPECT_LT(slope, -0.8) << "errors " << errors[0] << " " << errors[3];
   EXPECT_GT(slope, -1.3);
-  EXPECT_LT(errors.back(), 0.02);
+  // All T steps: the discretisation error is small in absolute terms too.
+  dd::PerImageNoise unused(seeds(64));
+  auto fine = dd::ddim_sample(gaussian_optimal_eps(s), xT.clone(), s, dd::sampling_timesteps(1000, 1000, "linspace"),
+                              0.0, unused, false);
+  EXPECT_LT((fine - exact).abs().max().item<double>(), 0.01);
 }
 
 TEST(Samplers, DdpmOverAllStepsReproducesTheDataDistribution) {
