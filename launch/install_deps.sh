@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs everything difftrain needs to build, run and test on Debian 12 (as root).
+# Installs everything difftrain needs to build and run on Debian 12 (as root);
+# with --tests also what the tests use as independent references (h5py, scipy, torch).
 set -euo pipefail
 packages=(
   g++ cmake ninja-build ccache pkg-config git
@@ -7,9 +8,11 @@ packages=(
   libopenmpi-dev openmpi-bin                # MPI
   libhdf5-dev libyaml-cpp-dev prometheus-cpp-dev libgtest-dev libcli11-dev
   libspdlog-dev nlohmann-json3-dev libgd-dev
-  python3-h5py python3-numpy python3-scipy python3-torch   # independent references in tests
   curl
 )
+if [[ ${1:-} == --tests ]]; then
+  packages+=(python3-h5py python3-numpy python3-scipy python3-torch)
+fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
