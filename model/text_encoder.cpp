@@ -3,6 +3,7 @@
 #include <torch/nn/functional/activation.h>
 #include <torch/nn/init.h>
 
+#include "model/norm_fp32.h"
 #include "model/tokenizer.h"
 
 namespace difftrain::model {
@@ -16,9 +17,9 @@ TransformerLayerImpl::TransformerLayerImpl(int64_t width, int64_t heads) {
 }
 
 torch::Tensor TransformerLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& valid) {
-  auto h = norm1(x);
+  auto h = norm_fp32(norm1, x);
   auto y = x + attention(h, h, valid);
-  return y + fc2(torch::gelu(fc1(norm2(y))));
+  return y + fc2(torch::gelu(fc1(norm_fp32(norm2, y))));
 }
 
 TextEncoderImpl::TextEncoderImpl(TextEncoderOptions opts) : options(opts) {
@@ -40,7 +41,7 @@ EncodedText TextEncoderImpl::forward(const torch::Tensor& token_ids) {
   auto x = torch::cat({summary, embedded}, 1) + position_embedding.unsqueeze(0);  // (B, L + 1, width)
   auto valid = torch::cat({torch::ones({B, 1}, token_ids.options().dtype(torch::kBool)), token_ids != kPadToken}, 1);
   for (const auto& layer : *layers) x = layer->as<TransformerLayer>()->forward(x, valid);
-  x = final_norm(x);
+  x = norm_fp32(final_norm, x);
   return {x, valid, x.select(1, 0)};
 }
 

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "model/norm_fp32.h"
 #include "trainer/config.h"
 
 namespace difftrain::model {
@@ -58,9 +59,9 @@ ResBlockImpl::ResBlockImpl(int64_t in, int64_t out, int64_t embedding_dim, int64
 }
 
 torch::Tensor ResBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& embedding) {
-  auto h = conv1(torch::silu(norm1(x)));
+  auto h = conv1(torch::silu(norm_fp32(norm1, x)));
   auto scale_shift = embedding_proj(torch::silu(embedding)).unsqueeze(-1).unsqueeze(-1).chunk(2, 1);
-  h = norm2(h) * (1 + scale_shift[0]) + scale_shift[1];
+  h = norm_fp32(norm2, h) * (1 + scale_shift[0]) + scale_shift[1];
   h = conv2(dropout(torch::silu(h)));
   return (skip ? skip(x) : x) + h;
 }
@@ -77,10 +78,10 @@ SpatialAttentionImpl::SpatialAttentionImpl(int64_t channels, int64_t heads, int6
 
 torch::Tensor SpatialAttentionImpl::forward(const torch::Tensor& x, const EncodedText& text) {
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  auto h = norm(x).view({B, C, H * W}).transpose(1, 2);  // (B, HW, C)
-  auto s = norm_self(h);
+  auto h = norm_fp32(norm, x).view({B, C, H * W}).transpose(1, 2);  // (B, HW, C)
+  auto s = norm_fp32(norm_self, h);
   h = h + self_attention(s, s, torch::Tensor());
-  h = h + cross_attention(norm_cross(h), text.tokens, text.valid);
+  h = h + cross_attention(norm_fp32(norm_cross, h), text.tokens, text.valid);
   return x + h.transpose(1, 2).reshape({B, C, H, W});
 }
 
@@ -188,7 +189,7 @@ torch::Tensor UNetImpl::forward(const torch::Tensor& x_t, const torch::Tensor& t
       h = upsamplers[levels - 1 - level]->as<torch::nn::Conv2dImpl>()->forward(h);
     }
   }
-  return conv_out(torch::silu(norm_out(h)));
+  return conv_out(torch::silu(norm_fp32(norm_out, h)));
 }
 
 }  // namespace difftrain::model

@@ -136,6 +136,16 @@ class TwoRanks(Workdir):
         self.assertEqual((entry["sampler"], entry["steps"]), ("ddpm", 50))
 
 
+class Precision(Workdir):
+    def test_bf16_autocast_trains_with_finite_losses(self):
+        r = run(self.train_args("train.precision=bf16", "train.max_steps=10"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        lines = [json.loads(l) for l in (self.dir / "run" / "metrics.jsonl").read_text().splitlines()]
+        self.assertEqual([l["step"] for l in lines], [5, 10])
+        for l in lines:
+            self.assertTrue(0 < l["loss"] < 10, l)
+
+
 class Resume(Workdir):
     def fingerprint(self, run_dir):
         r = run(["checkpoint-info", str(run_dir)])

@@ -7,6 +7,8 @@
 #include "data/palette.h"
 
 #include <gtest/gtest.h>
+
+#include "tests/test_dirs.h"
 #include <unistd.h>
 
 #include <algorithm>
@@ -51,15 +53,6 @@ void add_noise(de::Image& image, uint32_t seed) {
   }
 }
 
-fs::path test_dir() {
-  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  const fs::path dir = fs::path(::testing::TempDir()) /
-                       ("difftrain_" + std::string(info->test_suite_name()) + "_" + info->name() + "_" +
-                        std::to_string(::getpid()));
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
 
 }  // namespace
 
@@ -105,7 +98,7 @@ TEST(ColourMatch, PromptColour) {
 }
 
 TEST(ColourMatch, ScoresAManifest) {
-  const fs::path dir = test_dir();
+  const fs::path dir = fresh_test_dir();
   fs::create_directories(dir / "images");
   const auto rgb = [](const std::string& name) {
     for (const auto& c : dd::palette())

@@ -5,6 +5,8 @@
 #include "eval/text_wrap.h"
 
 #include <gtest/gtest.h>
+
+#include "tests/test_dirs.h"
 #include <unistd.h>
 
 #include <array>
@@ -20,16 +22,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// A fresh directory per test, so parallel ctest runs never share files.
-fs::path test_dir() {
-  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  const fs::path dir = fs::path(::testing::TempDir()) /
-                       ("difftrain_" + std::string(info->test_suite_name()) + "_" + info->name() + "_" +
-                        std::to_string(::getpid()));
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
 
 // Every pixel distinct, so a transposed or shifted copy is caught.
 de::Image gradient(int64_t height, int64_t width, uint8_t salt = 0) {
@@ -68,7 +60,7 @@ std::string read_text(const fs::path& path) {
 }  // namespace
 
 TEST(ImageIo, PngRoundTrip) {
-  const fs::path dir = test_dir();
+  const fs::path dir = fresh_test_dir();
   const de::Image image = gradient(5, 7);
   de::write_png((dir / "a.png").string(), image);
   const de::Image back = de::read_png((dir / "a.png").string());
@@ -79,13 +71,13 @@ TEST(ImageIo, PngRoundTrip) {
 }
 
 TEST(ImageIo, WriteIntoMissingDirectoryNamesPath) {
-  const std::string path = (test_dir() / "no_such_dir" / "a.png").string();
+  const std::string path = (fresh_test_dir() / "no_such_dir" / "a.png").string();
   const std::string what = error_of([&] { de::write_png(path, gradient(2, 2)); });
   EXPECT_NE(what.find(path), std::string::npos) << what;
 }
 
 TEST(ImageIo, ReadErrorsNamePath) {
-  const fs::path dir = test_dir();
+  const fs::path dir = fresh_test_dir();
   const std::string missing = (dir / "missing.png").string();
   EXPECT_NE(error_of([&] { de::read_png(missing); }).find(missing), std::string::npos);
   const std::string junk = (dir / "junk.png").string();
@@ -96,7 +88,7 @@ TEST(ImageIo, ReadErrorsNamePath) {
 TEST(ImageIo, RejectsInconsistentImage) {
   de::Image bad{2, 2, std::vector<uint8_t>(11)};
   EXPECT_THROW(de::check_image(bad), std::invalid_argument);
-  EXPECT_THROW(de::write_png((test_dir() / "bad.png").string(), bad), std::invalid_argument);
+  EXPECT_THROW(de::write_png((fresh_test_dir() / "bad.png").string(), bad), std::invalid_argument);
 }
 
 TEST(ImageIo, UpscaleNearest) {
@@ -184,7 +176,7 @@ TEST(Grid, ComparisonGridGeometry) {
 }
 
 TEST(Manifest, RoundTripWithExactKeys) {
-  const fs::path path = test_dir() / "manifest.jsonl";
+  const fs::path path = fresh_test_dir() / "manifest.jsonl";
   const std::vector<de::ManifestEntry> entries = {
       {"images/00000.png", "a red circle", 7, "euler", 50, 3.0},
       {"images/00001.png", "a \"quoted\" \\ prompt", std::numeric_limits<uint64_t>::max(), "heun", 18, 7.25},
@@ -207,7 +199,7 @@ TEST(Manifest, RoundTripWithExactKeys) {
 }
 
 TEST(Manifest, ErrorsNameFileAndLine) {
-  const fs::path dir = test_dir();
+  const fs::path dir = fresh_test_dir();
   const std::string good =
       R"({"file":"a.png","prompt":"a red circle","seed":1,"sampler":"euler","steps":10,"guidance":1.0})";
   const auto error_for = [&](const std::string& bad_line) {

@@ -21,6 +21,12 @@ dm::UNetOptions tiny_options() {
   return o;
 }
 
+// Gives the zero-initialised output layers weights, so the output depends on every parameter.
+void perturb(dm::UNet& net) {
+  torch::NoGradGuard g;
+  for (auto& p : net->parameters()) p.add_(torch::randn_like(p) * 0.05);
+}
+
 }  // namespace
 
 TEST(Tokenizer, BytesShiftedByOneAndPadded) {
@@ -45,11 +51,7 @@ TEST(UNet, OutputHasTheInputShapeAndStartsAtZero) {
 TEST(UNet, EveryParameterGetsAGradientAndTheCaptionMatters) {
   torch::manual_seed(0);
   dm::UNet net(tiny_options());
-  // Give the zero-initialised layers weights, so the output depends on everything.
-  {
-    torch::NoGradGuard g;
-    for (auto& p : net->parameters()) p.add_(torch::randn_like(p) * 0.05);
-  }
+  perturb(net);
   auto x = torch::randn({2, 3, 8, 8});
   auto t = torch::tensor({10, 10}, torch::kInt64);
   auto red = difftrain::tokenize_batch({"a red circle", "a red circle"}, 16);
@@ -67,10 +69,7 @@ TEST(UNet, EveryParameterGetsAGradientAndTheCaptionMatters) {
 TEST(UNet, NullConditionIsFiniteAndTimestepMatters) {
   torch::manual_seed(0);
   dm::UNet net(tiny_options());
-  {
-    torch::NoGradGuard g;
-    for (auto& p : net->parameters()) p.add_(torch::randn_like(p) * 0.05);
-  }
+  perturb(net);
   auto x = torch::randn({1, 3, 8, 8});
   auto null_tokens = torch::zeros({1, 16}, torch::kInt64);
   auto a = net->forward(x, torch::tensor({1}, torch::kInt64), null_tokens);

@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "model/unet.h"
+#include "tests/test_dirs.h"
 #include "trainer/checkpoint.h"
 #include "trainer/communicator.h"
 #include "trainer/ema.h"
@@ -19,12 +20,6 @@ using namespace difftrain;
 namespace {
 MpiSession* g_session = nullptr;
 
-fs::path fresh_dir(const std::string& name) {
-  auto p = fs::temp_directory_path() / ("difftrain-test-" + name + "-" + std::to_string(::getpid()));
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p;
-}
 }  // namespace
 
 TEST(LearningRate, WarmupThenCosineToTheFloor) {
@@ -67,7 +62,7 @@ TEST(LossScaler, HalvesOnOverflowAndGrowsAfterCleanSteps) {
 
 TEST(Checkpoint, SavesAtomicallyLoadsBackAndKeepsTheNewest) {
   auto comm = make_communicator(*g_session, torch::kCPU);
-  const auto run = fresh_dir("ckpt");
+  const auto run = fresh_test_dir();
   torch::nn::Linear model(3, 2), ema(3, 2), restored(3, 2), restored_ema(3, 2);
   torch::optim::AdamW opt(model->parameters(), torch::optim::AdamWOptions(1e-3));
   model(torch::randn({4, 3})).sum().backward();
@@ -99,7 +94,7 @@ TEST(Checkpoint, SavesAtomicallyLoadsBackAndKeepsTheNewest) {
 }
 
 TEST(Checkpoint, IncompleteDirectoriesAreIgnoredAndMissingOnesNamed) {
-  const auto run = fresh_dir("partial");
+  const auto run = fresh_test_dir();
   fs::create_directories(fs::path(checkpoints_dir(run.string())) / ".tmp-step-9");
   fs::create_directories(fs::path(checkpoints_dir(run.string())) / checkpoint_name(9));  // no state.json
   EXPECT_FALSE(latest_checkpoint(run.string()).has_value());

@@ -84,26 +84,25 @@ std::string describe(const YAML::Node& node) {
   throw ConfigError(source + ": config key '" + path + "' expects " + expected + ", got " + describe(node));
 }
 
-bool parse_int(const std::string& s, int64_t* out) {
+// The whole string must be the number: "12abc" is not 12.
+template <class T, class Convert>
+bool parse_number(const std::string& s, T* out, Convert convert) {
   if (s.empty()) return false;
   size_t used = 0;
   try {
-    *out = std::stoll(s, &used);
+    *out = convert(s, &used);
   } catch (...) {
     return false;
   }
   return used == s.size();
 }
 
+bool parse_int(const std::string& s, int64_t* out) {
+  return parse_number(s, out, [](const std::string& v, size_t* used) { return std::stoll(v, used); });
+}
+
 bool parse_double(const std::string& s, double* out) {
-  if (s.empty()) return false;
-  size_t used = 0;
-  try {
-    *out = std::stod(s, &used);
-  } catch (...) {
-    return false;
-  }
-  return used == s.size();
+  return parse_number(s, out, [](const std::string& v, size_t* used) { return std::stod(v, used); });
 }
 
 struct FromYaml {
