@@ -3,6 +3,7 @@
 //   train          train (under mpirun/srun: one rank per process)
 //   sample         evaluation sampling from a checkpoint
 //   colour-match   fraction of sampled images showing their prompt's colour
+//   export         a checkpoint's EMA model as a TorchScript denoiser
 //   checkpoint-info  step, images seen and weight fingerprints of a checkpoint
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
@@ -13,6 +14,7 @@
 
 #include "data/synthetic_shapes.h"
 #include "eval/colour_match.h"
+#include "eval/denoiser_source.h"
 #include "eval/sample_job.h"
 #include "model/unet.h"
 #include "trainer/checkpoint.h"
@@ -99,7 +101,11 @@ int main(int argc, char** argv) {
   auto* sample = app.add_subcommand("sample", "sample images from a checkpoint's EMA weights");
   eval::SampleOptions so;
   bool synthetic_prompts = false;
-  sample->add_option("--checkpoint", so.checkpoint, "checkpoint directory or run directory")->required();
+  auto* from_checkpoint = sample->add_option("--checkpoint", so.checkpoint, "checkpoint directory or run directory");
+  auto* from_model = sample->add_option("--model", so.model_file, "TorchScript denoiser (docs/EVALUATION.md)");
+  from_checkpoint->excludes(from_model);
+  sample->add_option("--image-size", so.image_size, "image side, for TorchScript files without image_shape");
+  sample->add_option("--max-tokens", so.max_tokens, "token length, for TorchScript files without max_tokens");
   sample->add_option("--out", so.out_dir, "output directory")->required();
   sample->add_option("--prompt", so.prompts, "a prompt (repeatable)");
   sample->add_flag("--synthetic-prompts", synthetic_prompts, "every colour x shape of the built-in dataset");
@@ -120,6 +126,11 @@ int main(int argc, char** argv) {
   std::vector<double> colour_guidance;
   colour->add_option("--manifest", manifest, "manifest.jsonl written by sample")->required();
   colour->add_option("--guidance", colour_guidance, "report these guidance scales separately");
+
+  auto* export_cmd = app.add_subcommand("export", "write a checkpoint's EMA model as a TorchScript denoiser");
+  std::string export_checkpoint, export_out;
+  export_cmd->add_option("--checkpoint", export_checkpoint, "checkpoint or run directory")->required();
+  export_cmd->add_option("--out", export_out, "output .pt file")->required();
 
   auto* info = app.add_subcommand("checkpoint-info", "print a checkpoint's step and weight fingerprint");
   std::string info_path;
@@ -149,6 +160,11 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (*colour) return run_colour_match(manifest, colour_guidance);
+    if (*export_cmd) {
+      eval::export_denoiser(export_checkpoint, export_out);
+      std::printf("TorchScript denoiser written to %s\n", export_out.c_str());
+      return 0;
+    }
     if (*info) return run_checkpoint_info(info_path);
   } catch (const c10::Error& e) {
     fail(e.what_without_backtrace());

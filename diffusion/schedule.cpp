@@ -4,12 +4,19 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <stdexcept>
 
 namespace difftrain::diffusion {
 
 double NoiseSchedule::alpha_bar(int64_t t) const {
   return t < 0 ? 1.0 : alphas_cumprod[t].item<double>();
+}
+
+double NoiseSchedule::lambda(int64_t t) const {
+  if (t < 0) return std::numeric_limits<double>::infinity();
+  const double a = alphas_cumprod[t].item<double>();
+  return 0.5 * (std::log(a) - std::log1p(-a));
 }
 
 NoiseSchedule schedule_from_alphas_cumprod(const torch::Tensor& alphas_cumprod) {
@@ -62,9 +69,43 @@ torch::Tensor q_sample(const NoiseSchedule& schedule, const torch::Tensor& x0, c
   return a.sqrt() * x0 + (1 - a).sqrt() * noise;
 }
 
-std::vector<int64_t> sampling_timesteps(int64_t T, int64_t steps, const std::string& spacing) {
+int64_t nearest_timestep_for_lambda(const NoiseSchedule& schedule, double target, int64_t lo, int64_t hi) {
+  TORCH_CHECK(0 <= lo && lo <= hi && hi < schedule.timesteps, "timestep range [", lo, ", ", hi, "] out of bounds");
+  // Binary search for the last t whose lambda is still >= target, then take the nearer of it and t + 1.
+  int64_t a = lo, b = hi;
+  if (schedule.lambda(lo) <= target) return lo;
+  if (schedule.lambda(hi) >= target) return hi;
+  while (b - a > 1) {
+    const int64_t mid = (a + b) / 2;
+    (schedule.lambda(mid) >= target ? a : b) = mid;
+  }
+  return schedule.lambda(a) - target <= target - schedule.lambda(b) ? a : b;
+}
+
+namespace {
+
+void check_steps(int64_t T, int64_t steps) {
   if (steps < 1 || steps > T)
     throw std::invalid_argument("sampling steps = " + std::to_string(steps) + ": expected 1.." + std::to_string(T));
+}
+
+std::vector<int64_t> descending_unique(std::vector<int64_t> ts) {
+  std::sort(ts.begin(), ts.end(), std::greater<>());
+  ts.erase(std::unique(ts.begin(), ts.end()), ts.end());
+  return ts;
+}
+
+// The nearest timestep to each target lambda, over the whole range.
+std::vector<int64_t> timesteps_at_lambdas(const NoiseSchedule& schedule, const std::vector<double>& lambdas) {
+  std::vector<int64_t> ts;
+  for (double l : lambdas) ts.push_back(nearest_timestep_for_lambda(schedule, l, 0, schedule.timesteps - 1));
+  return descending_unique(ts);
+}
+
+}  // namespace
+
+std::vector<int64_t> sampling_timesteps(int64_t T, int64_t steps, const std::string& spacing) {
+  check_steps(T, steps);
   std::vector<int64_t> ts;
   if (spacing == "leading") {
     const int64_t k = T / steps;
@@ -75,12 +116,40 @@ std::vector<int64_t> sampling_timesteps(int64_t T, int64_t steps, const std::str
   } else if (spacing == "linspace") {
     for (int64_t i = 0; i < steps; ++i)
       ts.push_back(steps == 1 ? T - 1 : static_cast<int64_t>(std::llround(i * (T - 1.0) / (steps - 1))));
+  } else if (spacing == "quadratic") {
+    const double end = std::sqrt(0.8 * T);
+    for (int64_t i = 0; i < steps; ++i) {
+      const double r = steps == 1 ? end : i * end / (steps - 1);
+      ts.push_back(static_cast<int64_t>(r * r));
+    }
+  } else if (spacing == "logsnr" || spacing == "karras") {
+    throw std::invalid_argument("timestep spacing '" + spacing + "' needs the noise schedule");
   } else {
-    throw std::invalid_argument("unknown timestep spacing '" + spacing + "' (expected leading, trailing or linspace)");
+    throw std::invalid_argument("unknown timestep spacing '" + spacing +
+                                "' (expected leading, trailing, linspace, quadratic, logsnr or karras)");
   }
-  std::sort(ts.begin(), ts.end(), std::greater<>());
-  ts.erase(std::unique(ts.begin(), ts.end()), ts.end());
-  return ts;
+  return descending_unique(ts);
+}
+
+std::vector<int64_t> sampling_timesteps(const NoiseSchedule& schedule, int64_t steps, const std::string& spacing) {
+  const int64_t T = schedule.timesteps;
+  if (spacing != "logsnr" && spacing != "karras") return sampling_timesteps(T, steps, spacing);
+  check_steps(T, steps);
+  const double l_max = schedule.lambda(T - 1), l_min = schedule.lambda(0);  // l_max < l_min: noisiest first
+  std::vector<double> lambdas;
+  for (int64_t i = 0; i < steps; ++i) {
+    const double u = steps == 1 ? 0.0 : static_cast<double>(i) / (steps - 1);
+    if (spacing == "logsnr") {
+      lambdas.push_back(l_max + u * (l_min - l_max));
+    } else {
+      constexpr double rho = 7.0;
+      const double s_max = std::exp(-l_max), s_min = std::exp(-l_min);
+      const double sigma =
+          std::pow(std::pow(s_max, 1 / rho) + u * (std::pow(s_min, 1 / rho) - std::pow(s_max, 1 / rho)), rho);
+      lambdas.push_back(-std::log(sigma));
+    }
+  }
+  return timesteps_at_lambdas(schedule, lambdas);
 }
 
 }  // namespace difftrain::diffusion

@@ -16,6 +16,9 @@ struct NoiseSchedule {
   torch::Tensor alphas_cumprod;  // (T) float64, alpha_bar_t
 
   double alpha_bar(int64_t t) const;  // t = -1 means "before the first step": 1.0
+  // lambda_t = log(alpha_t / sigma_t) with alpha_t = sqrt(alpha_bar_t), sigma_t = sqrt(1 - alpha_bar_t): half the
+  // log-SNR, the time variable of DPM-Solver (Lu et al. 2022, arXiv 2206.00927, sec. 3.1). +inf at t = -1.
+  double lambda(int64_t t) const;
 };
 
 // Ho et al. 2020, sec. 4: beta linear from 1e-4 to 0.02 for T = 1000, rescaled
@@ -34,10 +37,21 @@ torch::Tensor q_sample(const NoiseSchedule& schedule, const torch::Tensor& x0, c
 // Per-sample coefficient gathered from a (T) float64 table and shaped (B, 1, 1, 1) in `like`'s dtype.
 torch::Tensor gather_coefficient(const torch::Tensor& table, const torch::Tensor& t, const torch::Tensor& like);
 
-// Sampling timesteps (descending) for a run of `steps` network evaluations out of T.
-//  leading:  0, k, 2k, ... with k = T / steps  (DDIM paper's "uniform" skip)
-//  trailing: T-1, T-1-k, ...           (Lin et al. 2023, table 2: starts at the last training step)
-//  linspace: round(linspace(0, T-1))   (the endpoints both included)
+// The integer timestep in [lo, hi] whose lambda is nearest to `target` (lambda decreases with t).
+int64_t nearest_timestep_for_lambda(const NoiseSchedule& schedule, double target, int64_t lo, int64_t hi);
+
+// Descending, duplicate-free integer timesteps for a run of `steps` timesteps out of T. Rounding can merge
+// neighbours, so the result can hold FEWER than `steps` entries (quadratic, logsnr and karras at large `steps`).
+//  leading:   0, k, 2k, ... with k = T / steps  (DDIM paper's "uniform" skip)
+//  trailing:  T-1, T-1-k, ...           (Lin et al. 2023, table 2: starts at the last training step)
+//  linspace:  round(linspace(0, T-1))   (the endpoints both included)
+//  quadratic: int(linspace(0, sqrt(0.8 T), steps)^2)  (Song et al. 2020, DDIM repo's "quad" skip; truncated)
+//  logsnr:    uniform in lambda from lambda(T-1) to lambda(0), each at its nearest timestep (Lu et al. 2022, sec. 3.4)
+//  karras:    sigma_i = (smax^(1/7) + i/(n-1) (smin^(1/7) - smax^(1/7)))^7 between sigma(T-1) and sigma(0),
+//             sigma = sqrt((1 - alpha_bar) / alpha_bar) = exp(-lambda), each at its nearest timestep
+//             (Karras et al. 2022, eq. 5, rho = 7)
+// The first form knows only T and rejects logsnr and karras, which need the schedule.
 std::vector<int64_t> sampling_timesteps(int64_t timesteps, int64_t steps, const std::string& spacing);
+std::vector<int64_t> sampling_timesteps(const NoiseSchedule& schedule, int64_t steps, const std::string& spacing);
 
 }  // namespace difftrain::diffusion

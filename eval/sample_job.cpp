@@ -9,14 +9,12 @@
 #include "data/palette.h"
 #include "diffusion/guidance.h"
 #include "diffusion/samplers.h"
+#include "eval/denoiser_source.h"
 #include "eval/grid.h"
 #include "eval/image_io.h"
 #include "eval/manifest.h"
 #include "model/tokenizer.h"
-#include "model/unet.h"
 #include "trainer/batch_tensors.h"
-#include "trainer/checkpoint.h"
-#include "trainer/config.h"
 
 namespace difftrain::eval {
 namespace fs = std::filesystem;
@@ -45,27 +43,23 @@ SampleResult run_sample_job(const SampleOptions& o) {
   if (o.images_per_prompt < 1 || o.batch_size < 1) throw std::invalid_argument("sample: counts must be >= 1");
   torch::set_num_threads(static_cast<int>(o.threads));
 
-  const std::string ckpt = resolve_checkpoint(o.checkpoint);
-  const Config config = parse_config_text(read_checkpoint_config(ckpt), ckpt + "/config.yaml", {});
-  model::UNet net(model::unet_options_from(config.model, config.data.image_size));
-  load_ema_weights(ckpt, *net);
-  net->eval();
-  const auto schedule = diffusion::make_schedule(config.diffusion.schedule, config.diffusion.timesteps);
-  const auto prediction = diffusion::parse_prediction(config.diffusion.prediction);
+  if (o.checkpoint.empty() == o.model_file.empty())
+    throw std::invalid_argument("sample: give exactly one of --checkpoint and --model");
+  const DenoiserSource source = o.model_file.empty()
+                                    ? load_checkpoint_denoiser(o.checkpoint)
+                                    : load_torchscript_denoiser(o.model_file, o.image_size, o.max_tokens);
+  const auto& schedule = source.schedule;
   std::vector<int64_t> timesteps;
   int64_t steps = schedule.timesteps;
   if (o.sampler == "ddim") {
     timesteps = diffusion::sampling_timesteps(schedule.timesteps, o.steps, o.spacing);
     steps = static_cast<int64_t>(timesteps.size());
   }
-  const int64_t H = config.data.image_size, L = config.model.max_tokens;
+  const int64_t H = source.image_size, L = source.max_tokens, C = source.channels;
   spdlog::info("sampling {} prompts x {} images x {} guidance scale(s) with {} ({} steps) from {}", o.prompts.size(),
-               o.images_per_prompt, o.guidance.size(), o.sampler, steps, ckpt);
+               o.images_per_prompt, o.guidance.size(), o.sampler, steps, source.description);
 
   fs::create_directories(o.out_dir);
-  diffusion::Network network = [&](const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& tokens) {
-    return net->forward(x, t, tokens);
-  };
   std::vector<ManifestEntry> manifest;
   SampleResult result;
   const int64_t per_scale = static_cast<int64_t>(o.prompts.size()) * o.images_per_prompt;
@@ -83,13 +77,13 @@ SampleResult run_sample_job(const SampleOptions& o) {
       diffusion::PerImageNoise noise(seeds);
       auto tokens = tokenize_batch(captions, L);
       auto null_tokens = torch::full_like(tokens, model::kPadToken);
-      auto eps_model = diffusion::guided_eps_model(network, tokens, null_tokens, w, prediction, schedule);
-      auto x = noise.randn({3, H, H}, torch::kFloat32);
+      auto eps_model = diffusion::guided_eps_model(source.network, tokens, null_tokens, w, source.prediction, schedule);
+      auto x = noise.randn({C, H, H}, torch::kFloat32);
       x = o.sampler == "ddpm"
               ? diffusion::ddpm_sample(eps_model, x, schedule, diffusion::DdpmVariance::kPosterior, noise, o.clip_x0)
               : diffusion::ddim_sample(eps_model, x, schedule, timesteps, o.eta, noise, o.clip_x0);
       const auto pixels = tensor_to_images(x);
-      const size_t image_bytes = static_cast<size_t>(H * H * 3);
+      const size_t image_bytes = static_cast<size_t>(H * H * C);
       for (int64_t k = 0; k < n; ++k) {
         Image img{H, H, std::vector<uint8_t>(pixels.begin() + k * image_bytes, pixels.begin() + (k + 1) * image_bytes)};
         char name[64];

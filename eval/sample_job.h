@@ -10,7 +10,10 @@
 namespace difftrain::eval {
 
 struct SampleOptions {
-  std::string checkpoint;           // checkpoint dir, or run dir (its newest checkpoint)
+  std::string checkpoint;           // checkpoint dir, or run dir (its newest checkpoint) ...
+  std::string model_file;           // ... or a TorchScript denoiser (eval/denoiser_source.h)
+  int64_t image_size = 0;           // for TorchScript files that do not carry image_shape
+  int64_t max_tokens = 0;           // for TorchScript files that do not carry max_tokens
   std::string out_dir;
   std::vector<std::string> prompts;
   std::string sampler = "ddim";     // ddpm (all T steps) | ddim

@@ -28,15 +28,13 @@ MultiHeadAttentionImpl::MultiHeadAttentionImpl(int64_t query_dim, int64_t contex
 
 torch::Tensor MultiHeadAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& context,
                                               const torch::Tensor& key_valid) {
-  const int64_t B = x.size(0), Nq = x.size(1), Nk = context.size(1), D = x.size(2);
-  const int64_t d = D / heads;
+  const int64_t d = x.size(2) / heads;
+  // No batch or sequence length is read into C++ integers, so a traced export
+  // (model/torchscript_export.h) accepts any batch size.
   // Contiguous (B, heads, N, d) blocks: CPU batched matmul is far slower on strided views.
-  auto split = [&](const torch::Tensor& t, int64_t n) { return t.view({B, n, heads, d}).transpose(1, 2).contiguous(); };
-  auto q = split(to_q(x), Nq);
-  auto k = split(to_k(context), Nk);
-  auto v = split(to_v(context), Nk);
-  auto out = scaled_dot_product_attention(q, k, v, key_valid);  // (B, heads, Nq, d)
-  return to_out(out.transpose(1, 2).reshape({B, Nq, D}));
+  auto split = [&](const torch::Tensor& t) { return t.unflatten(2, {heads, d}).transpose(1, 2).contiguous(); };
+  auto out = scaled_dot_product_attention(split(to_q(x)), split(to_k(context)), split(to_v(context)), key_valid);
+  return to_out(out.transpose(1, 2).flatten(2));  // (B, Nq, D)
 }
 
 }  // namespace difftrain::model

@@ -35,11 +35,12 @@ TextEncoderImpl::TextEncoderImpl(TextEncoderOptions opts) : options(opts) {
 EncodedText TextEncoderImpl::forward(const torch::Tensor& token_ids) {
   TORCH_CHECK(token_ids.dim() == 2 && token_ids.size(1) == options.max_tokens, "text encoder expects tokens (B, ",
               options.max_tokens, "), got ", token_ids.sizes());
-  const int64_t B = token_ids.size(0);
+  // Shapes follow the inputs (expand_as, ones_like) so a traced export accepts any batch size.
   auto embedded = token_embedding(token_ids);                                     // (B, L, width)
-  auto summary = summary_token.view({1, 1, -1}).expand({B, 1, options.width});    // (B, 1, width)
+  auto summary = summary_token.view({1, 1, -1}).expand_as(embedded.narrow(1, 0, 1));  // (B, 1, width)
   auto x = torch::cat({summary, embedded}, 1) + position_embedding.unsqueeze(0);  // (B, L + 1, width)
-  auto valid = torch::cat({torch::ones({B, 1}, token_ids.options().dtype(torch::kBool)), token_ids != kPadToken}, 1);
+  auto first = token_ids.narrow(1, 0, 1);
+  auto valid = torch::cat({torch::ones_like(first, first.options().dtype(torch::kBool)), token_ids != kPadToken}, 1);
   for (const auto& layer : *layers) x = layer->as<TransformerLayer>()->forward(x, valid);
   x = norm_fp32(final_norm, x);
   return {x, valid, x.select(1, 0)};

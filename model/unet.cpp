@@ -77,12 +77,11 @@ SpatialAttentionImpl::SpatialAttentionImpl(int64_t channels, int64_t heads, int6
 }
 
 torch::Tensor SpatialAttentionImpl::forward(const torch::Tensor& x, const EncodedText& text) {
-  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  auto h = norm_fp32(norm, x).view({B, C, H * W}).transpose(1, 2);  // (B, HW, C)
+  auto h = norm_fp32(norm, x).flatten(2).transpose(1, 2);  // (B, HW, C)
   auto s = norm_fp32(norm_self, h);
   h = h + self_attention(s, s, torch::Tensor());
   h = h + cross_attention(norm_fp32(norm_cross, h), text.tokens, text.valid);
-  return x + h.transpose(1, 2).reshape({B, C, H, W});
+  return x + h.transpose(1, 2).reshape_as(x);
 }
 
 UNetBlockImpl::UNetBlockImpl(ResBlock r, SpatialAttention a) {

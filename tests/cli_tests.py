@@ -146,6 +146,96 @@ class Precision(Workdir):
             self.assertTrue(0 < l["loss"] < 10, l)
 
 
+class Export(Workdir):
+    PROMPTS = ["--prompt", "a red circle", "--prompt", "a blue square", "--prompt", "a cyan triangle"]
+
+    def test_exported_model_samples_exactly_like_the_checkpoint_and_loads_in_python(self):
+        self.assertEqual(run(self.train_args("train.max_steps=10", "diffusion.prediction=v")).returncode, 0)
+        model = self.dir / "denoiser.pt"
+        r = run(["export", "--checkpoint", str(self.dir / "run"), "--out", str(model)])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        for source, out in ((["--checkpoint", str(self.dir / "run")], "a"), (["--model", str(model)], "b")):
+            r = run(["sample", *source, "--out", str(self.dir / out), *self.PROMPTS, "--steps", "5",
+                     "--guidance", "1", "3", "--batch-size", "3"])
+            self.assertEqual(r.returncode, 0, r.stderr)
+        for png in sorted((self.dir / "a").glob("w*.png")):
+            self.assertEqual(png.read_bytes(), (self.dir / "b" / png.name).read_bytes(), png.name)
+
+        # Independent check in Python: signature, attributes, any batch size, v converted to eps.
+        import torch
+        m = torch.jit.load(str(model))
+        self.assertEqual(m.alphas_cumprod.dtype, torch.float64)
+        self.assertEqual(tuple(m.alphas_cumprod.shape), (50,))
+        self.assertEqual(m.image_shape.tolist(), [3, 8, 8])
+        x = torch.randn(5, 3, 8, 8)
+        t = torch.tensor([0, 10, 20, 30, 49])
+        eps = m(x, t, torch.zeros(5, int(m.max_tokens), dtype=torch.long))
+        self.assertEqual(tuple(eps.shape), (5, 3, 8, 8))
+        self.assertTrue(torch.isfinite(eps).all())
+
+    def test_a_model_written_in_python_samples_here(self):
+        import torch
+
+        class Gaussian(torch.nn.Module):
+            """The exact eps-predictor for data N(0.2, 0.3^2) per pixel."""
+            def __init__(self):
+                super().__init__()
+                self.register_buffer("alphas_cumprod", torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0))
+
+            def forward(self, x, t, tokens):
+                a = self.alphas_cumprod[t].float().view(-1, 1, 1, 1)
+                return (1 - a).sqrt() * (x - a.sqrt() * 0.2) / (a * 0.09 + 1 - a)
+
+        path = self.dir / "gaussian.pt"
+        torch.jit.script(Gaussian()).save(str(path))
+        r = run(["sample", "--model", str(path), "--image-size", "16", "--max-tokens", "4", "--out",
+                 str(self.dir / "g"), "--prompt", "anything", "--images-per-prompt", "16", "--sampler", "ddpm",
+                 "--guidance", "1", "--no-clip"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        sys.path.insert(0, str(HERE))
+        pixels = np.concatenate([read_png(p) for p in sorted((self.dir / "g").glob("w1-*.png"))]) / 127.5 - 1
+        self.assertAlmostEqual(pixels.mean(), 0.2, delta=0.02)
+        self.assertAlmostEqual(pixels.std(), 0.3, delta=0.02)
+
+    def test_bad_model_files_are_named(self):
+        bogus = self.dir / "bogus.pt"
+        bogus.write_text("not a model")
+        self.assert_clean_error(run(["sample", "--model", str(bogus), "--out", str(self.dir / "x"), "--prompt", "a"]),
+                                str(bogus), "cannot be loaded")
+
+
+def read_png(path):
+    """Decodes an 8-bit RGB PNG with zlib alone, an implementation independent of the one under test."""
+    import struct, zlib
+    data = pathlib.Path(path).read_bytes()
+    pos, chunks, width, height = 8, b"", 0, 0
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            width, height, depth, colour = struct.unpack(">IIBB", body[:10])
+            assert (depth, colour) == (8, 2), "expected 8-bit RGB"
+        elif kind == b"IDAT":
+            chunks += body
+        pos += 12 + length
+    raw, stride, rows, prev = zlib.decompress(chunks), width * 3, [], bytearray(width * 3)
+    for y in range(height):
+        f, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        for i in range(stride):
+            a = line[i - 3] if i >= 3 else 0
+            b, c = prev[i], prev[i - 3] if i >= 3 else 0
+            if f == 1: line[i] = (line[i] + a) & 255
+            elif f == 2: line[i] = (line[i] + b) & 255
+            elif f == 3: line[i] = (line[i] + (a + b) // 2) & 255
+            elif f == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+        rows.append(np.frombuffer(bytes(line), np.uint8))
+        prev = line
+    return np.stack(rows).reshape(height, width, 3).astype(np.float64)
+
+
 class Resume(Workdir):
     def fingerprint(self, run_dir):
         r = run(["checkpoint-info", str(run_dir)])

@@ -1,0 +1,37 @@
+// Where sampling gets its network from: a checkpoint's EMA weights, or a
+// TorchScript file written by `difftrain export` or by Python. Both end up as
+// the same diffusion::Network, so they sample identically.
+//
+// TorchScript denoiser contract (docs/EVALUATION.md):
+//   forward(x_t: float32[B,C,H,W], t: int64[B] in [0,T), tokens: int64[B,L]) -> float32[B,C,H,W]  (eps-hat)
+//   alphas_cumprod: float64[T]        (required attribute or buffer: defines the schedule)
+//   image_shape: int64[3] = (C,H,W)   (optional; else --image-size)
+//   max_tokens: int64[] = L           (optional; else --max-tokens)
+// Tokens are byte tokens (model/tokenizer.h); all padding is the null condition.
+#pragma once
+
+#include <string>
+
+#include "diffusion/guidance.h"
+#include "diffusion/objective.h"
+#include "diffusion/schedule.h"
+
+namespace difftrain::eval {
+
+struct DenoiserSource {
+  diffusion::Network network;  // (x_t, t, tokens) -> output in `prediction`'s parameterisation
+  diffusion::Prediction prediction = diffusion::Prediction::kEps;
+  diffusion::NoiseSchedule schedule;
+  int64_t channels = 3, image_size = 0, max_tokens = 0;
+  std::string description;
+};
+
+DenoiserSource load_checkpoint_denoiser(const std::string& checkpoint_or_run_dir);
+// image_size / max_tokens: used when the file does not carry them (0 = not given).
+DenoiserSource load_torchscript_denoiser(const std::string& path, int64_t image_size, int64_t max_tokens);
+
+// Writes the checkpoint's EMA model, text encoder included, in the TorchScript
+// denoiser form above; v-prediction models are converted to eps-hat inside it.
+void export_denoiser(const std::string& checkpoint_or_run_dir, const std::string& path);
+
+}  // namespace difftrain::eval

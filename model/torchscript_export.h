@@ -1,0 +1,33 @@
+// Turns a C++ torch::nn::Module plus a forward function into a TorchScript
+// module by tracing (the C++ counterpart of torch.jit.trace), so models
+// trained here load in Python with torch.jit.load and vice versa.
+//
+// The traced module owns `module`'s parameters and buffers (names flattened:
+// "down_blocks.0.res.conv1.weight" -> "down_blocks_0_res_conv1_weight") and
+// any `extra_buffers`; `forward` must compute only from those tensors and its
+// inputs. Shapes read into C++ integers become constants of the trace, so the
+// modules traced here keep batch sizes symbolic (see model/attention.cpp).
+#pragma once
+
+#include <torch/nn/module.h>
+
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace torch::jit {
+struct Module;
+}
+
+namespace difftrain::model {
+
+using TracedForward = std::function<torch::Tensor(const std::vector<torch::Tensor>& inputs)>;
+
+// Traces and saves to `path` (written to a temporary name, then renamed).
+void export_torchscript(torch::nn::Module& module, const std::string& type_name, const TracedForward& forward,
+                        const std::vector<torch::Tensor>& example_inputs,
+                        const std::vector<std::pair<std::string, torch::Tensor>>& extra_buffers,
+                        const std::string& path);
+
+}  // namespace difftrain::model
