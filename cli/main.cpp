@@ -3,7 +3,9 @@
 //   train          train (under mpirun/srun: one rank per process)
 //   sample         evaluation sampling from a checkpoint
 //   colour-match   fraction of sampled images showing their prompt's colour
+//   eval           fid-ref | fid | sweep (FID against NFE for samplers x steps x guidance)
 //   export         a checkpoint's EMA model as a TorchScript denoiser
+//   features       train the built-in FID feature extractor for the synthetic shapes
 //   checkpoint-info  step, images seen and weight fingerprints of a checkpoint
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
@@ -15,6 +17,13 @@
 #include "data/synthetic_shapes.h"
 #include "eval/colour_match.h"
 #include "eval/denoiser_source.h"
+#include "eval/feature_extractor.h"
+#include "eval/feature_net.h"
+#include "eval/fid.h"
+#include "eval/fid_stats_io.h"
+#include "eval/fid_sweep.h"
+#include "diffusion/sampler_registry.h"
+#include "trainer/communicator.h"
 #include "eval/sample_job.h"
 #include "model/unet.h"
 #include "trainer/checkpoint.h"
@@ -35,6 +44,26 @@ int g_rank = 0, g_world = 1;
   MpiSession::abort_job(1);
 }
 
+// The training-time FID point. Extractor and reference load before training
+// starts, so a bad path stops the run at once, not at the first evaluation.
+TrainingHooks training_hooks(const Config& config) {
+  TrainingHooks hooks;
+  if (config.eval.every <= 0) return hooks;
+  auto extractor = std::make_shared<eval::FeatureExtractor>(config.eval.extractor);
+  if (!eval::is_gaussian_stats_file(config.eval.reference))
+    throw std::runtime_error("config key 'eval.reference' = " + config.eval.reference +
+                             ": expected a statistics file written by `difftrain eval fid-ref`");
+  const auto reference = eval::load_gaussian_stats(config.eval.reference);
+  hooks.fid = [config, extractor, reference](model::UNet& ema, Communicator& comm) {
+    const eval::FidPoint point{diffusion::evaluation_spec(config.eval.sampler, config.eval.steps), config.eval.guidance};
+    const auto source = eval::denoiser_from_model(ema, config, "EMA weights in training");
+    return eval::fid_point(source, point, eval::synthetic_prompts(), config.eval.samples, 0, config.eval.batch_size,
+                           *extractor, reference, &comm)
+        .fid;
+  };
+  return hooks;
+}
+
 int run_train(int argc, char** argv, const std::string& config_path, const std::vector<std::string>& overrides) {
   MpiSession session(&argc, &argv);
   g_rank = session.rank(), g_world = session.world_size();
@@ -42,7 +71,23 @@ int run_train(int argc, char** argv, const std::string& config_path, const std::
   // Failures are reported while MPI is still up, so the abort reaches every rank.
   try {
     const Config config = load_config(config_path, overrides);
-    train(config, session);
+    train(config, session, training_hooks(config));
+  } catch (const c10::Error& e) {
+    fail(e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    fail(e.what());
+  }
+  return 0;
+}
+
+int run_sweep_command(int argc, char** argv, const eval::SweepOptions& options) {
+  MpiSession session(&argc, &argv);
+  g_rank = session.rank(), g_world = session.world_size();
+  if (g_rank != 0) spdlog::set_level(spdlog::level::warn);
+  try {
+    torch::set_num_threads(1);
+    auto comm = make_communicator(session, torch::kCPU);
+    eval::run_sweep(options, comm.get());
   } catch (const c10::Error& e) {
     fail(e.what_without_backtrace());
   } catch (const std::exception& e) {
@@ -109,17 +154,22 @@ int main(int argc, char** argv) {
   sample->add_option("--out", so.out_dir, "output directory")->required();
   sample->add_option("--prompt", so.prompts, "a prompt (repeatable)");
   sample->add_flag("--synthetic-prompts", synthetic_prompts, "every colour x shape of the built-in dataset");
-  sample->add_option("--sampler", so.sampler, "ddpm (all T steps) or ddim")->check(CLI::IsMember({"ddpm", "ddim"}));
-  sample->add_option("--steps", so.steps, "ddim steps")->check(CLI::PositiveNumber);
-  sample->add_option("--eta", so.eta, "ddim eta in [0, 1]")->check(CLI::Range(0.0, 1.0));
-  sample->add_option("--spacing", so.spacing, "timestep spacing")
-      ->check(CLI::IsMember({"leading", "trailing", "linspace"}));
+  std::string clip_choice = "auto", variance = "posterior";
+  sample->add_option("--sampler", so.sampler.name, "sampler")->check(CLI::IsMember(diffusion::sampler_names()));
+  sample->add_option("--steps", so.sampler.steps, "sampling steps (ddpm always runs all T)")
+      ->check(CLI::PositiveNumber);
+  sample->add_option("--eta", so.sampler.eta, "ddim eta in [0, 1]")->check(CLI::Range(0.0, 1.0));
+  sample->add_option("--spacing", so.sampler.spacing, "timestep spacing (default: the sampler's own)")
+      ->check(CLI::IsMember(diffusion::spacing_names()));
+  sample->add_option("--variance", variance, "ddpm family: posterior (beta-tilde) or beta")
+      ->check(CLI::IsMember({"posterior", "beta"}));
+  sample->add_option("--clip", clip_choice, "clip predicted x0 to [-1, 1]: auto (where the sampler forms x0), on, off")
+      ->check(CLI::IsMember({"auto", "on", "off"}));
   sample->add_option("--guidance", so.guidance, "guidance scale(s) w: 1 = none, 0 = unconditional");
   sample->add_option("--images-per-prompt", so.images_per_prompt, "images per prompt")->check(CLI::PositiveNumber);
   sample->add_option("--seed", so.seed, "base seed; image i uses seed + i");
   sample->add_option("--batch-size", so.batch_size, "images per forward pass")->check(CLI::PositiveNumber);
   sample->add_option("--threads", so.threads, "torch threads")->check(CLI::PositiveNumber);
-  sample->add_flag("!--no-clip", so.clip_x0, "do not clip the predicted x0 to [-1, 1]");
 
   auto* colour = app.add_subcommand("colour-match", "fraction of sampled images whose colour matches the prompt");
   std::string manifest;
@@ -131,6 +181,54 @@ int main(int argc, char** argv) {
   std::string export_checkpoint, export_out;
   export_cmd->add_option("--checkpoint", export_checkpoint, "checkpoint or run directory")->required();
   export_cmd->add_option("--out", export_out, "output .pt file")->required();
+
+  auto* eval_cmd = app.add_subcommand("eval", "FID: reference statistics, one comparison, sampler sweeps");
+  eval_cmd->require_subcommand(1);
+  std::string extractor_path;
+  int64_t eval_limit = 0, eval_batch = 64;
+
+  auto* fid_ref = eval_cmd->add_subcommand("fid-ref", "feature statistics of a set, saved for later FIDs");
+  std::string ref_set, ref_out;
+  fid_ref->add_option("--extractor", extractor_path, "TorchScript feature extractor")->required();
+  fid_ref->add_option("--data", ref_set, "shard directory or sample folder")->required();
+  fid_ref->add_option("--out", ref_out, "statistics file (.h5)")->required();
+  fid_ref->add_option("--limit", eval_limit, "use only the first N images (0: all)");
+
+  auto* fid_cmd = eval_cmd->add_subcommand("fid", "FID between two sets (shards, sample folders or statistics files)");
+  std::string set_a, set_b;
+  fid_cmd->add_option("--extractor", extractor_path, "TorchScript feature extractor")->required();
+  fid_cmd->add_option("a", set_a, "first set")->required();
+  fid_cmd->add_option("b", set_b, "second set")->required();
+  fid_cmd->add_option("--limit", eval_limit, "use only the first N images of each set (0: all)");
+
+  auto* sweep = eval_cmd->add_subcommand("sweep", "FID over samplers x steps x guidance (run under mpirun to split it)");
+  eval::SweepOptions sweep_options;
+  auto* sweep_ckpt = sweep->add_option("--checkpoint", sweep_options.checkpoint, "checkpoint or run directory");
+  sweep->add_option("--model", sweep_options.model_file, "TorchScript denoiser")->excludes(sweep_ckpt);
+  sweep->add_option("--extractor", sweep_options.extractor, "TorchScript feature extractor")->required();
+  sweep->add_option("--reference", sweep_options.reference, "statistics .h5, shard directory or sample folder")
+      ->required();
+  sweep->add_option("--samplers", sweep_options.samplers, "samplers")
+      ->delimiter(',')
+      ->check(CLI::IsMember(diffusion::sampler_names()));
+  sweep->add_option("--steps", sweep_options.steps, "step counts")->delimiter(',');
+  sweep->add_option("--guidance", sweep_options.guidance, "guidance scales")->delimiter(',');
+  sweep->add_option("--eta", sweep_options.eta, "ddim eta")->check(CLI::Range(0.0, 1.0));
+  sweep->add_option("--samples", sweep_options.samples, "images per point")->check(CLI::Range(2, 10000000));
+  sweep->add_option("--seed", sweep_options.seed, "image i uses seed + i");
+  sweep->add_option("--batch-size", sweep_options.batch_size, "images per forward")->check(CLI::PositiveNumber);
+  sweep->add_option("--prompt", sweep_options.prompts, "prompts, cycled (default: the built-in colour x shape set)");
+  sweep->add_option("--out", sweep_options.out_dir, "output directory")->required();
+  sweep->add_option("--compare-steps", sweep_options.compare_steps, "steps of the side-by-side grid");
+  sweep->add_option("--reference-limit", sweep_options.reference_limit, "reference images used (0: all)");
+
+  auto* features = app.add_subcommand("features", "train the built-in FID feature network for the synthetic shapes");
+  eval::FeatureNetOptions feature_options;
+  std::string features_out;
+  features->add_option("--out", features_out, "output TorchScript extractor (.pt)")->required();
+  features->add_option("--image-size", feature_options.image_size, "input side it is trained at");
+  features->add_option("--steps", feature_options.steps, "training steps")->check(CLI::PositiveNumber);
+  features->add_option("--threads", feature_options.threads, "torch threads")->check(CLI::PositiveNumber);
 
   auto* info = app.add_subcommand("checkpoint-info", "print a checkpoint's step and weight fingerprint");
   std::string info_path;
@@ -154,6 +252,8 @@ int main(int argc, char** argv) {
         auto p = eval::synthetic_prompts();
         so.prompts.insert(so.prompts.end(), p.begin(), p.end());
       }
+      so.sampler.variance = variance == "beta" ? diffusion::DdpmVariance::kBeta : diffusion::DdpmVariance::kPosterior;
+      so.sampler.clip_x0 = clip_choice == "on" || (clip_choice == "auto" && diffusion::supports_clip(so.sampler.name));
       const auto result = eval::run_sample_job(so);
       std::printf("%lld images, manifest %s\n", static_cast<long long>(result.images), result.manifest.c_str());
       for (const auto& g : result.grids) std::printf("grid %s\n", g.c_str());
@@ -166,6 +266,31 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (*info) return run_checkpoint_info(info_path);
+    if (*fid_ref) {
+      eval::FeatureExtractor extractor(extractor_path);
+      const auto stats = eval::gaussian_stats_of(ref_set, extractor, eval_limit, eval_batch);
+      eval::save_gaussian_stats(ref_out, stats);
+      std::printf("statistics of %lld images (%lld-d features) written to %s\n", static_cast<long long>(stats.count),
+                  static_cast<long long>(stats.mean.size(0)), ref_out.c_str());
+      return 0;
+    }
+    if (*fid_cmd) {
+      eval::FeatureExtractor extractor(extractor_path);
+      const auto a = eval::gaussian_stats_of(set_a, extractor, eval_limit, eval_batch);
+      const auto b = eval::gaussian_stats_of(set_b, extractor, eval_limit, eval_batch);
+      std::printf("FID %.4f (%lld vs %lld images)\n", eval::frechet_distance(a, b), static_cast<long long>(a.count),
+                  static_cast<long long>(b.count));
+      return 0;
+    }
+    if (*sweep) return run_sweep_command(argc, argv, sweep_options);
+    if (*features) {
+      const auto r = eval::train_feature_net(feature_options, features_out);
+      std::printf("feature extractor %s: %lld-d features; held-out colour accuracy %.3f, shape accuracy %.3f, "
+                  "centre error %.2f px\n",
+                  features_out.c_str(), static_cast<long long>(r.feature_dim), r.colour_accuracy, r.shape_accuracy,
+                  r.centre_rmse_pixels);
+      return 0;
+    }
   } catch (const c10::Error& e) {
     fail(e.what_without_backtrace());
   } catch (const std::exception& e) {

@@ -3,6 +3,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 
 namespace difftrain::diffusion {
@@ -45,8 +46,9 @@ void check_timesteps(const NoiseSchedule& schedule, const std::vector<int64_t>& 
 }
 
 // One ancestral step x_t -> x_{t'} through the posterior q(x_{t'} | x_t, x0-hat) of the one-step process with
-// beta = 1 - a / a' (Ho et al. 2020, eq. 6-7): mean = sqrt(a') beta / (1 - a) x0 + sqrt(1 - beta) (1 - a') / (1 - a) x_t,
-// variance beta (1 - a') / (1 - a) (beta-tilde) or beta. No noise on the step to t' = -1 (a' = 1).
+// beta = 1 - a / a' (Ho et al. 2020, eq. 6-7):
+//   mean = sqrt(a') beta / (1 - a) x0 + sqrt(1 - beta) (1 - a') / (1 - a) x_t,
+//   variance beta (1 - a') / (1 - a) (beta-tilde) or beta. No noise on the step to t' = -1 (a' = 1).
 torch::Tensor posterior_step(const torch::Tensor& x, const torch::Tensor& x0, double a, double a_prev, double beta,
                              DdpmVariance variance, PerImageNoise& noise) {
   auto out = std::sqrt(a_prev) * beta / (1 - a) * x0 + std::sqrt(1 - beta) * (1 - a_prev) / (1 - a) * x;

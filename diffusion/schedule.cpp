@@ -117,10 +117,11 @@ std::vector<int64_t> sampling_timesteps(int64_t T, int64_t steps, const std::str
     for (int64_t i = 0; i < steps; ++i)
       ts.push_back(steps == 1 ? T - 1 : static_cast<int64_t>(std::llround(i * (T - 1.0) / (steps - 1))));
   } else if (spacing == "quadratic") {
-    const double end = std::sqrt(0.8 * T);
+    // As numpy.linspace: i * step, the last point exactly `end`; then truncated like the DDIM repo's int().
+    const double end = std::sqrt(0.8 * T), step = steps > 1 ? end / (steps - 1) : 0.0;
     for (int64_t i = 0; i < steps; ++i) {
-      const double r = steps == 1 ? end : i * end / (steps - 1);
-      ts.push_back(static_cast<int64_t>(r * r));
+      const double r = steps > 1 && i == steps - 1 ? end : i * step;
+      ts.push_back(std::min(static_cast<int64_t>(r * r), T - 1));
     }
   } else if (spacing == "logsnr" || spacing == "karras") {
     throw std::invalid_argument("timestep spacing '" + spacing + "' needs the noise schedule");

@@ -35,19 +35,22 @@ LoadedCheckpoint load_ema(const std::string& path) {
 
 }  // namespace
 
-DenoiserSource load_checkpoint_denoiser(const std::string& path) {
-  auto c = load_ema(path);
+DenoiserSource denoiser_from_model(model::UNet net, const Config& config, const std::string& description) {
   DenoiserSource s;
-  auto net = c.net;
   s.network = [net](const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& tokens) mutable {
     return net->forward(x, t, tokens);
   };
-  s.prediction = diffusion::parse_prediction(c.config.diffusion.prediction);
-  s.schedule = diffusion::make_schedule(c.config.diffusion.schedule, c.config.diffusion.timesteps);
-  s.image_size = c.config.data.image_size;
-  s.max_tokens = c.config.model.max_tokens;
-  s.description = "checkpoint " + c.dir;
+  s.prediction = diffusion::parse_prediction(config.diffusion.prediction);
+  s.schedule = diffusion::make_schedule(config.diffusion.schedule, config.diffusion.timesteps);
+  s.image_size = config.data.image_size;
+  s.max_tokens = config.model.max_tokens;
+  s.description = description;
   return s;
+}
+
+DenoiserSource load_checkpoint_denoiser(const std::string& path) {
+  auto c = load_ema(path);
+  return denoiser_from_model(c.net, c.config, "checkpoint " + c.dir);
 }
 
 DenoiserSource load_torchscript_denoiser(const std::string& path, int64_t image_size, int64_t max_tokens) {

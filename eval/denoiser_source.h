@@ -15,6 +15,8 @@
 #include "diffusion/guidance.h"
 #include "diffusion/objective.h"
 #include "diffusion/schedule.h"
+#include "model/unet.h"
+#include "trainer/config.h"
 
 namespace difftrain::eval {
 
@@ -27,6 +29,8 @@ struct DenoiserSource {
 };
 
 DenoiserSource load_checkpoint_denoiser(const std::string& checkpoint_or_run_dir);
+// A model in memory (e.g. the EMA weights during training), sampled as `config` says it was trained.
+DenoiserSource denoiser_from_model(model::UNet net, const Config& config, const std::string& description);
 // image_size / max_tokens: used when the file does not carry them (0 = not given).
 DenoiserSource load_torchscript_denoiser(const std::string& path, int64_t image_size, int64_t max_tokens);
 

@@ -7,13 +7,11 @@
 #include <filesystem>
 
 #include "data/palette.h"
-#include "diffusion/guidance.h"
-#include "diffusion/samplers.h"
 #include "eval/denoiser_source.h"
+#include "eval/generate.h"
 #include "eval/grid.h"
 #include "eval/image_io.h"
 #include "eval/manifest.h"
-#include "model/tokenizer.h"
 #include "trainer/batch_tensors.h"
 
 namespace difftrain::eval {
@@ -38,26 +36,20 @@ std::string guidance_tag(double w) {
 
 SampleResult run_sample_job(const SampleOptions& o) {
   if (o.prompts.empty()) throw std::invalid_argument("sample: no prompts given");
-  if (o.sampler != "ddpm" && o.sampler != "ddim")
-    throw std::invalid_argument("sample: unknown sampler '" + o.sampler + "' (expected ddpm or ddim)");
   if (o.images_per_prompt < 1 || o.batch_size < 1) throw std::invalid_argument("sample: counts must be >= 1");
-  torch::set_num_threads(static_cast<int>(o.threads));
-
   if (o.checkpoint.empty() == o.model_file.empty())
     throw std::invalid_argument("sample: give exactly one of --checkpoint and --model");
+  torch::set_num_threads(static_cast<int>(o.threads));
   const DenoiserSource source = o.model_file.empty()
                                     ? load_checkpoint_denoiser(o.checkpoint)
                                     : load_torchscript_denoiser(o.model_file, o.image_size, o.max_tokens);
-  const auto& schedule = source.schedule;
-  std::vector<int64_t> timesteps;
-  int64_t steps = schedule.timesteps;
-  if (o.sampler == "ddim") {
-    timesteps = diffusion::sampling_timesteps(schedule.timesteps, o.steps, o.spacing);
-    steps = static_cast<int64_t>(timesteps.size());
-  }
-  const int64_t H = source.image_size, L = source.max_tokens, C = source.channels;
-  spdlog::info("sampling {} prompts x {} images x {} guidance scale(s) with {} ({} steps) from {}", o.prompts.size(),
-               o.images_per_prompt, o.guidance.size(), o.sampler, steps, source.description);
+  diffusion::validate(o.sampler, source.schedule);
+  const int64_t steps = static_cast<int64_t>(diffusion::sampler_timesteps(o.sampler, source.schedule).size());
+  const int64_t nfe = diffusion::sampler_nfe(o.sampler, source.schedule);
+  const int64_t H = source.image_size, C = source.channels;
+  spdlog::info("sampling {} prompts x {} images x {} guidance scale(s) with {} ({} steps, {} NFE) from {}",
+               o.prompts.size(), o.images_per_prompt, o.guidance.size(), o.sampler.name, steps, nfe,
+               source.description);
 
   fs::create_directories(o.out_dir);
   std::vector<ManifestEntry> manifest;
@@ -74,15 +66,7 @@ SampleResult run_sample_job(const SampleOptions& o) {
         captions.push_back(o.prompts[i / o.images_per_prompt]);
         seeds.push_back(o.seed + static_cast<uint64_t>(i));  // the same noise for the same image at every scale
       }
-      diffusion::PerImageNoise noise(seeds);
-      auto tokens = tokenize_batch(captions, L);
-      auto null_tokens = torch::full_like(tokens, model::kPadToken);
-      auto eps_model = diffusion::guided_eps_model(source.network, tokens, null_tokens, w, source.prediction, schedule);
-      auto x = noise.randn({C, H, H}, torch::kFloat32);
-      x = o.sampler == "ddpm"
-              ? diffusion::ddpm_sample(eps_model, x, schedule, diffusion::DdpmVariance::kPosterior, noise, o.clip_x0)
-              : diffusion::ddim_sample(eps_model, x, schedule, timesteps, o.eta, noise, o.clip_x0);
-      const auto pixels = tensor_to_images(x);
+      const auto pixels = tensor_to_images(generate_images(source, o.sampler, w, captions, seeds));
       const size_t image_bytes = static_cast<size_t>(H * H * C);
       for (int64_t k = 0; k < n; ++k) {
         Image img{H, H, std::vector<uint8_t>(pixels.begin() + k * image_bytes, pixels.begin() + (k + 1) * image_bytes)};
@@ -90,7 +74,7 @@ SampleResult run_sample_job(const SampleOptions& o) {
         std::snprintf(name, sizeof(name), "%s-%05lld.png", guidance_tag(w).c_str(),
                       static_cast<long long>(start + k));
         write_png((fs::path(o.out_dir) / name).string(), img);
-        manifest.push_back({name, captions[k], seeds[k], o.sampler, steps, w});
+        manifest.push_back({name, captions[k], seeds[k], o.sampler.name, steps, w});
         images.push_back(std::move(img));
         labels.push_back(captions[k]);
       }

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "diffusion/sampler_registry.h"
+
 namespace difftrain::eval {
 
 struct SampleOptions {
@@ -16,15 +18,11 @@ struct SampleOptions {
   int64_t max_tokens = 0;           // for TorchScript files that do not carry max_tokens
   std::string out_dir;
   std::vector<std::string> prompts;
-  std::string sampler = "ddim";     // ddpm (all T steps) | ddim
-  int64_t steps = 25;               // ddim only
-  double eta = 0.0;                 // ddim only
-  std::string spacing = "trailing"; // leading | trailing | linspace
+  diffusion::SamplerSpec sampler{"ddim", 25};  // diffusion/sampler_registry.h
   std::vector<double> guidance = {3.0};
   int64_t images_per_prompt = 1;
   uint64_t seed = 0;                // image i gets seed + i
   int64_t batch_size = 64;
-  bool clip_x0 = true;
   int64_t threads = 2;
   int64_t upscale = 4;              // grid cells are upscaled for viewing
 };

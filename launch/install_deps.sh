@@ -11,7 +11,7 @@ packages=(
   curl
 )
 if [[ ${1:-} == --tests ]]; then
-  packages+=(python3-h5py python3-numpy python3-scipy python3-torch)
+  packages+=(python3-h5py python3-numpy python3-scipy python3-torch python3-torchvision)
 fi
 missing=()
 for p in "${packages[@]}"; do

@@ -33,6 +33,8 @@ TrainingMetrics::TrainingMetrics(const std::string& bind_address, int rank)
   grad_norm_ = add_gauge(r, "difftrain_grad_norm", "Global gradient L2 norm before clipping.", labels);
   loss_scale_ = add_gauge(r, "difftrain_loss_scale", "fp16 dynamic loss scale.", labels);
   step_ = add_gauge(r, "difftrain_step", "Current optimizer step (continues across resumes).", labels);
+  fid_ = add_gauge(r, "difftrain_fid", "FID of the latest training-time evaluation point (eval.every).", labels);
+  fid_->Set(std::numeric_limits<double>::quiet_NaN());
   steps_total_ = add_counter(r, "difftrain_steps_total", "Optimizer steps taken, skipped included.", labels);
   images_total_ = add_counter(r, "difftrain_images_total", "Images this rank processed.", labels);
   skipped_steps_total_ = add_counter(r, "difftrain_skipped_steps_total",
@@ -62,6 +64,8 @@ void TrainingMetrics::set_step(int64_t step) {
   const double behind = static_cast<double>(step) - steps_total_->Value();
   if (behind > 0) steps_total_->Increment(behind);
 }
+
+void TrainingMetrics::set_fid(double fid) { fid_->Set(fid); }
 
 std::string TrainingMetrics::bound_address() const { return server_->bound_address(); }
 

@@ -51,6 +51,8 @@ class TrainingMetrics {
   // difftrain_steps_total to `step`, so the counter continues the previous
   // run's series instead of restarting at zero.
   void set_step(int64_t step);
+  // Latest training-time FID point (eval.every); NaN until the first.
+  void set_fid(double fid);
 
   // "host:port" actually listened on (the real port when 0 was asked for).
   std::string bound_address() const;
@@ -67,6 +69,7 @@ class TrainingMetrics {
   prometheus::Gauge* grad_norm_;
   prometheus::Gauge* loss_scale_;
   prometheus::Gauge* step_;
+  prometheus::Gauge* fid_;
   prometheus::Counter* steps_total_;
   prometheus::Counter* images_total_;
   prometheus::Counter* skipped_steps_total_;

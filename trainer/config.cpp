@@ -54,6 +54,14 @@ void visit_config_fields(Config& c, Visitor&& v) {
   v("monitoring.enabled", c.monitoring.enabled);
   v("monitoring.host", c.monitoring.host);
   v("monitoring.port", c.monitoring.port);
+  v("eval.every", c.eval.every);
+  v("eval.extractor", c.eval.extractor);
+  v("eval.reference", c.eval.reference);
+  v("eval.samples", c.eval.samples);
+  v("eval.sampler", c.eval.sampler);
+  v("eval.steps", c.eval.steps);
+  v("eval.guidance", c.eval.guidance);
+  v("eval.batch_size", c.eval.batch_size);
 }
 
 std::vector<std::string> split_path(const std::string& path) {
@@ -315,6 +323,12 @@ void validate_config(const Config& c) {
   require(c.train.log_every >= 1, "train.log_every", c.train.log_every, ">= 1");
   require(c.checkpoint.every >= 1, "checkpoint.every", c.checkpoint.every, ">= 1");
   require(c.checkpoint.keep >= 1, "checkpoint.keep", c.checkpoint.keep, ">= 1");
+  require(c.eval.every >= 0, "eval.every", c.eval.every, ">= 0");
+  require(c.eval.every == 0 || (!c.eval.extractor.empty() && !c.eval.reference.empty()), "eval.every", c.eval.every,
+          "0, or eval.extractor and eval.reference set as well");
+  require(c.eval.samples >= 2, "eval.samples", c.eval.samples, ">= 2");
+  require(c.eval.steps >= 1, "eval.steps", c.eval.steps, ">= 1");
+  require(c.eval.batch_size >= 1, "eval.batch_size", c.eval.batch_size, ">= 1");
   require(c.monitoring.port > 0 && c.monitoring.port < 65536, "monitoring.port", c.monitoring.port,
           "in [1, 65535]");
 }

@@ -78,6 +78,18 @@ struct MonitoringConfig {
   int64_t port = 9400;  // rank with local rank r serves on port + r
 };
 
+// A small FID point computed during training from the EMA weights (eval/fid_sweep.h).
+struct EvalConfig {
+  int64_t every = 0;          // steps between points; 0 disables
+  std::string extractor;      // TorchScript feature extractor (eval/feature_extractor.h)
+  std::string reference;      // statistics .h5, shard directory or sample folder
+  int64_t samples = 256;      // images per point, split over the ranks
+  std::string sampler = "ddim";
+  int64_t steps = 25;
+  double guidance = 3.0;
+  int64_t batch_size = 64;
+};
+
 struct Config {
   RunConfig run;
   DataConfig data;
@@ -86,6 +98,7 @@ struct Config {
   TrainConfig train;
   CheckpointConfig checkpoint;
   MonitoringConfig monitoring;
+  EvalConfig eval;
 };
 
 // Loads `path` (empty = built-in defaults), applies "key.path=value" overrides,

@@ -96,7 +96,7 @@ void append_jsonl(const fs::path& path, const nlohmann::json& line) {
 
 }  // namespace
 
-void train(const Config& config, MpiSession& session) {
+void train(const Config& config, MpiSession& session, const TrainingHooks& hooks) {
   torch::set_num_threads(static_cast<int>(config.train.threads));
   const torch::Device device(config.train.device == "cuda" ? torch::kCUDA : torch::kCPU,
                              config.train.device == "cuda" ? session.local_rank() : -1);
@@ -250,6 +250,20 @@ void train(const Config& config, MpiSession& session) {
                                   {"loss_scale", scaler.scale()}});
       }
       loss_sum = 0, loss_count = 0, last_log = Clock::now(), last_log_step = state.step;
+    }
+
+    if (config.eval.every > 0 && hooks.fid && state.step % config.eval.every == 0) {
+      const auto eval_start = Clock::now();
+      const double fid = hooks.fid(ema_net, *comm);
+      if (metrics) metrics->set_fid(fid);
+      if (lead) {
+        spdlog::info("step {}: FID {:.3f} ({} {} steps, w={}, {} images, {:.1f} s)", state.step, fid,
+                     config.eval.sampler, config.eval.steps, config.eval.guidance, config.eval.samples,
+                     std::chrono::duration<double>(Clock::now() - eval_start).count());
+        append_jsonl(stats_path, {{"step", state.step}, {"images_seen", state.images_seen}, {"fid", fid}});
+      }
+      net->train();
+      last_log = Clock::now();  // evaluation time is not training throughput
     }
 
     if (state.step % config.checkpoint.every == 0 || state.step == config.train.max_steps) {

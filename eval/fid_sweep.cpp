@@ -1,0 +1,245 @@
+#include "eval/fid_sweep.h"
+
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+
+#include "eval/fid_stats_io.h"
+#include "eval/generate.h"
+#include "eval/grid.h"
+#include "eval/image_io.h"
+#include "eval/plot.h"
+#include "eval/sample_job.h"
+#include "trainer/batch_tensors.h"
+#include "trainer/communicator.h"
+
+namespace difftrain::eval {
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+// Quantised as the PNGs `sample` writes, so in-memory and file-based FIDs agree.
+torch::Tensor to_unit_range(const torch::Tensor& images) {
+  return images.clamp(-1, 1).add(1).mul(127.5).round().div(255.0);
+}
+
+std::vector<double> to_vector(const torch::Tensor& t) {
+  auto c = t.contiguous();
+  return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
+}
+
+std::string guidance_tag(double w) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "w%g", w);
+  return buf;
+}
+
+std::string point_key(const std::string& sampler, int64_t steps, double guidance, double eta, int64_t samples,
+                      uint64_t seed) {
+  char buf[160];
+  std::snprintf(buf, sizeof(buf), "%s|%lld|%g|%g|%lld|%llu", sampler.c_str(), static_cast<long long>(steps), guidance,
+                eta, static_cast<long long>(samples), static_cast<unsigned long long>(seed));
+  return buf;
+}
+
+std::vector<nlohmann::json> read_results(const fs::path& path) {
+  std::vector<nlohmann::json> rows;
+  std::ifstream in(path);
+  for (std::string line; std::getline(in, line);) {
+    if (line.empty()) continue;
+    try {
+      rows.push_back(nlohmann::json::parse(line));
+    } catch (const nlohmann::json::exception&) {
+      // A line cut short by an interrupted run is redone.
+    }
+  }
+  return rows;
+}
+
+std::string row_key(const nlohmann::json& r) {
+  return point_key(r.at("sampler"), r.at("steps"), r.at("guidance"), r.at("eta"), r.at("samples"), r.at("seed"));
+}
+
+GaussianStats reference_stats(const SweepOptions& o, FeatureExtractor& extractor, Communicator* comm) {
+  if (is_gaussian_stats_file(o.reference)) return load_gaussian_stats(o.reference);
+  const auto cached = (fs::path(o.out_dir) / "reference-stats.h5").string();
+  if (!comm || comm->rank() == 0) {
+    spdlog::info("sweep: reference statistics of {}", o.reference);
+    save_gaussian_stats(cached, gaussian_stats_of(o.reference, extractor, o.reference_limit, o.batch_size));
+  }
+  if (comm) comm->barrier();
+  return load_gaussian_stats(cached);
+}
+
+void write_summaries(const SweepOptions& o, const std::vector<nlohmann::json>& rows) {
+  const fs::path dir(o.out_dir);
+  {
+    std::ofstream csv(dir / "results.csv");
+    csv << "sampler,steps,nfe,guidance,eta,samples,seed,fid,seconds,images_per_second\n";
+    for (const auto& r : rows)
+      csv << r["sampler"].get<std::string>() << ',' << r["steps"] << ',' << r["nfe"] << ',' << r["guidance"] << ','
+          << r["eta"] << ',' << r["samples"] << ',' << r["seed"] << ',' << r["fid"] << ',' << r["seconds"] << ','
+          << r["images_per_second"] << '\n';
+  }
+  std::ofstream(dir / "results.json") << nlohmann::json(rows).dump(2) << "\n";
+  for (double w : o.guidance) {
+    std::map<std::string, PlotSeries> by_sampler;
+    for (const auto& r : rows) {
+      if (r["guidance"].get<double>() != w) continue;
+      auto& s = by_sampler[r["sampler"]];
+      s.label = r["sampler"];
+      s.x.push_back(r["nfe"].get<double>());
+      s.y.push_back(r["fid"].get<double>());
+    }
+    std::vector<PlotSeries> series;
+    for (const auto& name : o.samplers) {
+      auto it = by_sampler.find(name);
+      if (it == by_sampler.end()) continue;
+      // Sorted by NFE so the line runs left to right.
+      std::vector<size_t> order(it->second.x.size());
+      for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+      std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return it->second.x[a] < it->second.x[b]; });
+      PlotSeries sorted{it->second.label, {}, {}};
+      for (size_t i : order) sorted.x.push_back(it->second.x[i]), sorted.y.push_back(it->second.y[i]);
+      series.push_back(sorted);
+    }
+    PlotOptions plot;
+    plot.title = "FID vs network evaluations, guidance w = " + guidance_tag(w).substr(1);
+    plot.x_label = "NFE per image";
+    plot.y_label = "FID";
+    write_png((dir / ("fid_vs_nfe-" + guidance_tag(w) + ".png")).string(), plot_lines(series, plot));
+  }
+}
+
+// Same prompts and seeds through the reference and the shortcut samplers, side by side.
+void write_comparison(const SweepOptions& o, const DenoiserSource& source) {
+  const int64_t n = o.compare_steps > 0 ? o.compare_steps : *std::min_element(o.steps.begin(), o.steps.end());
+  const std::vector<std::pair<std::string, std::string>> columns = {
+      {"ddpm", "DDPM all T"}, {"ddpm-naive", "naive DDPM"}, {"ddpm-respaced", "respaced DDPM"},
+      {"ddim", "DDIM"},      {"dpm-solver++2m", "DPM++(2M)"}};
+  std::vector<std::string> captions, row_labels;
+  std::vector<uint64_t> seeds;
+  for (int64_t i = 0; i < o.compare_rows; ++i) {
+    captions.push_back(o.prompts[i % o.prompts.size()]);
+    seeds.push_back(o.seed + static_cast<uint64_t>(i));
+    row_labels.push_back(captions.back());
+  }
+  for (double w : o.guidance) {
+    std::vector<std::vector<Image>> images;
+    std::vector<std::string> titles;
+    for (const auto& [name, title] : columns) {
+      const auto spec = diffusion::evaluation_spec(name, n, o.eta);
+      const auto x = generate_images(source, spec, w, captions, seeds);
+      const auto pixels = tensor_to_images(x);
+      const int64_t H = source.image_size, bytes = H * H * source.channels;
+      std::vector<Image> column;
+      for (int64_t k = 0; k < static_cast<int64_t>(captions.size()); ++k)
+        column.push_back({H, H, std::vector<uint8_t>(pixels.begin() + k * bytes, pixels.begin() + (k + 1) * bytes)});
+      images.push_back(std::move(column));
+      titles.push_back(title + ", " + std::to_string(diffusion::sampler_nfe(spec, source.schedule)) + " NFE");
+    }
+    write_png((fs::path(o.out_dir) / ("comparison-" + guidance_tag(w) + ".png")).string(),
+              make_comparison_grid(images, titles, row_labels, 6));
+  }
+}
+
+}  // namespace
+
+FidPointResult fid_point(const DenoiserSource& source, const FidPoint& point, const std::vector<std::string>& prompts,
+                         int64_t samples, uint64_t seed, int64_t batch_size, FeatureExtractor& extractor,
+                         const GaussianStats& reference, Communicator* comm) {
+  if (prompts.empty()) throw std::invalid_argument("FID point: no prompts");
+  if (samples < 2) throw std::invalid_argument("FID point: needs at least 2 samples");
+  diffusion::validate(point.sampler, source.schedule);
+  const auto start = Clock::now();
+  const int rank = comm ? comm->rank() : 0, world = comm ? comm->world_size() : 1;
+  std::vector<int64_t> mine;
+  for (int64_t i = rank; i < samples; i += world) mine.push_back(i);
+  FeatureStats stats(extractor.dim());
+  for (size_t begin = 0; begin < mine.size(); begin += static_cast<size_t>(batch_size)) {
+    const size_t end = std::min(mine.size(), begin + static_cast<size_t>(batch_size));
+    std::vector<std::string> captions;
+    std::vector<uint64_t> seeds;
+    for (size_t k = begin; k < end; ++k) {
+      captions.push_back(prompts[mine[k] % prompts.size()]);
+      seeds.push_back(seed + static_cast<uint64_t>(mine[k]));
+    }
+    stats.add(extractor.features(to_unit_range(generate_images(source, point.sampler, point.guidance, captions, seeds))));
+  }
+  if (comm) {
+    auto& buffer = stats.buffer();
+    const auto summed = comm->allreduce_sum(to_vector(buffer));
+    buffer.copy_(torch::tensor(summed, torch::kFloat64));
+  }
+  FidPointResult r;
+  r.fid = frechet_distance(gaussian_of(stats, "samples"), reference);
+  r.nfe = diffusion::sampler_nfe(point.sampler, source.schedule);
+  r.samples = stats.count();
+  r.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  return r;
+}
+
+void run_sweep(const SweepOptions& input, Communicator* comm) {
+  SweepOptions o = input;
+  if (o.prompts.empty()) o.prompts = synthetic_prompts();
+  if (o.steps.empty() || o.guidance.empty() || o.samplers.empty())
+    throw std::invalid_argument("sweep: samplers, steps and guidance must each name at least one value");
+  const bool lead = !comm || comm->rank() == 0;
+  if (lead) fs::create_directories(o.out_dir);
+  if (comm) comm->barrier();
+  const DenoiserSource source = o.model_file.empty() ? load_checkpoint_denoiser(o.checkpoint)
+                                                     : load_torchscript_denoiser(o.model_file, 0, 0);
+  FeatureExtractor extractor(o.extractor);
+  const GaussianStats reference = reference_stats(o, extractor, comm);
+
+  std::vector<FidPoint> points;
+  for (double w : o.guidance)
+    for (const auto& name : o.samplers) {
+      for (int64_t n : o.steps) {
+        FidPoint p{diffusion::evaluation_spec(name, name == "ddpm" ? source.schedule.timesteps : n, o.eta), w};
+        diffusion::validate(p.sampler, source.schedule);
+        points.push_back(p);
+        if (name == "ddpm") break;  // all T steps: one point per guidance scale
+      }
+    }
+
+  const fs::path results = fs::path(o.out_dir) / "results.jsonl";
+  std::set<std::string> done;
+  for (const auto& r : read_results(results)) done.insert(row_key(r));
+  size_t index = 0;
+  for (const auto& p : points) {
+    ++index;
+    const auto key = point_key(p.sampler.name, p.sampler.steps, p.guidance, p.sampler.eta, o.samples, o.seed);
+    if (done.count(key)) {
+      if (lead) spdlog::info("sweep [{}/{}] {} steps={} w={}: already done", index, points.size(), p.sampler.name,
+                             p.sampler.steps, p.guidance);
+      continue;
+    }
+    const auto r = fid_point(source, p, o.prompts, o.samples, o.seed, o.batch_size, extractor, reference, comm);
+    if (lead) {
+      nlohmann::json row = {{"sampler", p.sampler.name}, {"steps", p.sampler.steps}, {"nfe", r.nfe},
+                            {"guidance", p.guidance},    {"eta", p.sampler.eta},   {"samples", r.samples},
+                            {"seed", o.seed},            {"fid", r.fid},           {"seconds", r.seconds},
+                            {"images_per_second", static_cast<double>(r.samples) / r.seconds}};
+      std::ofstream(results, std::ios::app) << row.dump() << "\n";
+      spdlog::info("sweep [{}/{}] {} steps={} (NFE {}) w={}: FID {:.3f} ({} images, {:.1f} s)", index, points.size(),
+                   p.sampler.name, p.sampler.steps, r.nfe, p.guidance, r.fid, r.samples, r.seconds);
+    }
+  }
+  if (lead) {
+    write_summaries(o, read_results(results));
+    write_comparison(o, source);
+    spdlog::info("sweep: results in {}", o.out_dir);
+  }
+  if (comm) comm->barrier();
+}
+
+}  // namespace difftrain::eval

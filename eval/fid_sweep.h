@@ -1,0 +1,64 @@
+// FID at reduced step counts: one point (sampler, steps, guidance) and the
+// sweep over a grid of them, split across MPI ranks. Image i of a point is
+// made by rank i % world from prompt i % P and seed base + i — the same image
+// whatever the number of ranks or the batch size — and its features are summed
+// into float64 statistics that one all-reduce combines; no image files needed.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "diffusion/sampler_registry.h"
+#include "eval/denoiser_source.h"
+#include "eval/feature_extractor.h"
+#include "eval/fid.h"
+
+namespace difftrain {
+class Communicator;
+}
+
+namespace difftrain::eval {
+
+struct FidPoint {
+  diffusion::SamplerSpec sampler;
+  double guidance = 1.0;
+};
+
+struct FidPointResult {
+  double fid = 0;
+  int64_t nfe = 0;       // network evaluations per image (a guided step batches two)
+  int64_t samples = 0;
+  double seconds = 0;    // wall time of generation + features, slowest rank
+};
+
+// Collective over `comm` (nullptr: this process alone).
+FidPointResult fid_point(const DenoiserSource& source, const FidPoint& point, const std::vector<std::string>& prompts,
+                         int64_t samples, uint64_t seed, int64_t batch_size, FeatureExtractor& extractor,
+                         const GaussianStats& reference, Communicator* comm);
+
+struct SweepOptions {
+  std::string checkpoint, model_file;  // one of them (eval/denoiser_source.h)
+  std::string extractor;               // TorchScript feature extractor
+  std::string reference;               // stats .h5, shard directory or sample folder
+  std::vector<std::string> samplers = {"ddpm", "ddpm-naive", "ddpm-respaced", "ddim", "dpm-solver-2",
+                                       "dpm-solver-3", "dpm-solver++2m", "euler", "heun"};
+  std::vector<int64_t> steps = {10, 25, 50};
+  std::vector<double> guidance = {1.0, 3.0};
+  double eta = 0.0;
+  int64_t samples = 500;
+  uint64_t seed = 0;
+  int64_t batch_size = 64;
+  std::vector<std::string> prompts;    // image i uses prompts[i % P]
+  std::string out_dir;
+  int64_t compare_steps = 0;           // step count of the side-by-side grid (0: the smallest in `steps`)
+  int64_t compare_rows = 6;
+  int64_t reference_limit = 0;         // images of the reference set used (0: all)
+};
+
+// Writes out_dir/results.jsonl (one line per point, appended as points finish, so
+// a re-run skips the points it already has), results.csv, results.json,
+// fid_vs_nfe-w<g>.png per guidance scale and comparison-w<g>.png.
+void run_sweep(const SweepOptions& options, Communicator* comm);
+
+}  // namespace difftrain::eval

@@ -1,0 +1,24 @@
+#include "eval/generate.h"
+
+#include <torch/torch.h>
+
+#include "diffusion/guidance.h"
+#include "model/tokenizer.h"
+#include "trainer/batch_tensors.h"
+
+namespace difftrain::eval {
+
+torch::Tensor generate_images(const DenoiserSource& source, const diffusion::SamplerSpec& sampler, double guidance,
+                              const std::vector<std::string>& captions, const std::vector<uint64_t>& seeds) {
+  TORCH_CHECK(captions.size() == seeds.size(), "generate_images: one seed per caption");
+  torch::NoGradGuard no_grad;
+  diffusion::PerImageNoise noise(seeds);
+  auto tokens = tokenize_batch(captions, source.max_tokens);
+  auto null_tokens = torch::full_like(tokens, model::kPadToken);
+  auto eps_model =
+      diffusion::guided_eps_model(source.network, tokens, null_tokens, guidance, source.prediction, source.schedule);
+  auto x_T = noise.randn({source.channels, source.image_size, source.image_size}, torch::kFloat32);
+  return diffusion::run_sampler(sampler, eps_model, x_T, source.schedule, noise);
+}
+
+}  // namespace difftrain::eval

@@ -1,0 +1,20 @@
+// The one way images are generated from a denoiser: per-image seeds, guidance
+// in one batched forward, any registered sampler. Used by `sample`, the FID
+// sweep and the training-time FID point.
+#pragma once
+
+#include <torch/types.h>
+
+#include <string>
+#include <vector>
+
+#include "diffusion/sampler_registry.h"
+#include "eval/denoiser_source.h"
+
+namespace difftrain::eval {
+
+// captions/seeds: one per image. Returns (B, C, H, W) float32 in [-1, 1] (not yet clamped or quantised).
+torch::Tensor generate_images(const DenoiserSource& source, const diffusion::SamplerSpec& sampler, double guidance,
+                              const std::vector<std::string>& captions, const std::vector<uint64_t>& seeds);
+
+}  // namespace difftrain::eval
