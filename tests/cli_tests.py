@@ -236,6 +236,84 @@ def read_png(path):
     return np.stack(rows).reshape(height, width, 3).astype(np.float64)
 
 
+class Evaluation(Workdir):
+    """FID sweep under mpirun, its resume, rank and batch invariance, training-time FID."""
+
+    def setUp(self):
+        super().setUp()
+        self.assertEqual(run(self.train_args("train.max_steps=10")).returncode, 0)
+        self.extractor = self.dir / "features.pt"
+        r = run(["features", "--out", str(self.extractor), "--image-size", "8", "--steps", "30"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.reference = self.dir / "ref.h5"
+        r = run(["eval", "fid-ref", "--extractor", str(self.extractor), "--data", str(self.dir / "data"),
+                 "--out", str(self.reference)])
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+    def sweep(self, out, ranks, *extra):
+        grid = ["--samplers", "ddpm,ddpm-naive,ddim,dpm-solver++2m", "--steps", "4,8", "--guidance", "1,2.5",
+                "--samples", "24"]
+        if "--samplers" in extra:
+            grid = []
+        args = [BINARY, "eval", "sweep", "--checkpoint", str(self.dir / "run"), "--extractor", str(self.extractor),
+                "--reference", str(self.reference), *grid, "--out", str(self.dir / out), *extra]
+        r = subprocess.run(MPIRUN + ["-np", str(ranks)] + args, capture_output=True, text=True, timeout=600)
+        self.assertEqual(r.returncode, 0, r.stdout[-2000:] + r.stderr[-2000:])
+        return r
+
+    def test_sweep_splits_over_ranks_writes_everything_and_resumes(self):
+        self.sweep("two", 2, "--batch-size", "5")
+        out = self.dir / "two"
+        rows = json.loads((out / "results.json").read_text())
+        # ddpm once per guidance, the others per step count: (1 + 3 * 2) * 2
+        self.assertEqual(len(rows), 14)
+        for name in ("results.csv", "fid_vs_nfe-w1.png", "fid_vs_nfe-w2.5.png", "comparison-w1.png",
+                     "comparison-w2.5.png"):
+            self.assertTrue((out / name).exists(), name)
+        self.assertEqual({r["nfe"] for r in rows if r["sampler"] == "ddpm"}, {50})
+        self.assertTrue(all(r["samples"] == 24 and r["fid"] > 0 for r in rows))
+
+        # One rank or two, any batch size: the same images, so the same FID. More samples than feature
+        # dimensions (128), or the covariance is singular and sqrt amplifies rounding near eigenvalue 0.
+        point = ["--samplers", "ddim", "--steps", "4", "--guidance", "2.5", "--samples", "160"]
+        self.sweep("one", 1, "--batch-size", "7", *point)
+        self.sweep("two-b5", 2, "--batch-size", "5", *point)
+        one, two = (json.loads((self.dir / d / "results.json").read_text())[0]["fid"] for d in ("one", "two-b5"))
+        self.assertAlmostEqual(one, two, delta=1e-3 * two)
+
+        # Interrupted sweeps: drop the last two lines, re-run, only those are redone.
+        lines = (out / "results.jsonl").read_text().splitlines()
+        (out / "results.jsonl").write_text("\n".join(lines[:-2]) + "\n")
+        r = self.sweep("two", 2, "--batch-size", "5")
+        self.assertEqual(r.stdout.count("already done"), 12)
+        self.assertEqual(len((out / "results.jsonl").read_text().splitlines()), 14)
+
+    def test_images_do_not_depend_on_batch_size(self):
+        for batch, out in ((1, "b1"), (4, "b4")):
+            r = run(["sample", "--checkpoint", str(self.dir / "run"), "--out", str(self.dir / out), "--prompt",
+                     "a red circle", "--prompt", "a blue square", "--images-per-prompt", "3", "--sampler",
+                     "ddim", "--eta", "1", "--steps", "6", "--batch-size", str(batch)])
+            self.assertEqual(r.returncode, 0, r.stderr)
+        for png in sorted((self.dir / "b1").glob("w*.png")):
+            self.assertEqual(png.read_bytes(), (self.dir / "b4" / png.name).read_bytes(), png.name)
+
+    def test_fid_between_sets_and_training_time_fid(self):
+        r = run(["eval", "fid", "--extractor", str(self.extractor), str(self.reference), str(self.dir / "data")])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertLess(abs(float(r.stdout.split()[1])), 1e-6, r.stdout)  # a set against its own statistics
+        r = run(self.train_args("train.max_steps=14", "eval.every=7", f"eval.extractor={self.extractor}",
+                                f"eval.reference={self.reference}", "eval.samples=12", "eval.steps=3",
+                                run_dir="fidrun"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        fids = [json.loads(l) for l in (self.dir / "fidrun" / "metrics.jsonl").read_text().splitlines()
+                if "fid" in json.loads(l)]
+        self.assertEqual([f["step"] for f in fids], [7, 14])
+        self.assertTrue(all(f["fid"] > 0 for f in fids))
+        bad = run(self.train_args("eval.every=7", f"eval.extractor={self.extractor}",
+                                  f"eval.reference={self.dir / 'missing.h5'}", run_dir="badfid"))
+        self.assert_clean_error(bad, "eval.reference")
+
+
 class Resume(Workdir):
     def fingerprint(self, run_dir):
         r = run(["checkpoint-info", str(run_dir)])
