@@ -220,6 +220,8 @@ int main(int argc, char** argv) {
   sweep->add_option("--prompt", sweep_options.prompts, "prompts, cycled (default: the built-in colour x shape set)");
   sweep->add_option("--out", sweep_options.out_dir, "output directory")->required();
   sweep->add_option("--compare-steps", sweep_options.compare_steps, "steps of the side-by-side grid");
+  sweep->add_option("--compare-rows", sweep_options.compare_rows, "prompts in the side-by-side grid (0: no grid)")
+      ->check(CLI::NonNegativeNumber);
   sweep->add_option("--reference-limit", sweep_options.reference_limit, "reference images used (0: all)");
 
   auto* features = app.add_subcommand("features", "train the built-in FID feature network for the synthetic shapes");

@@ -42,12 +42,13 @@ std::string guidance_tag(double w) {
   return buf;
 }
 
-std::string point_key(const std::string& sampler, int64_t steps, double guidance, double eta, int64_t samples,
-                      uint64_t seed) {
+// A point is the same only for the same model (checkpoint path or TorchScript file) and settings.
+std::string point_key(const std::string& model, const std::string& sampler, int64_t steps, double guidance, double eta,
+                      int64_t samples, uint64_t seed) {
   char buf[160];
-  std::snprintf(buf, sizeof(buf), "%s|%lld|%g|%g|%lld|%llu", sampler.c_str(), static_cast<long long>(steps), guidance,
+  std::snprintf(buf, sizeof(buf), "|%s|%lld|%g|%g|%lld|%llu", sampler.c_str(), static_cast<long long>(steps), guidance,
                 eta, static_cast<long long>(samples), static_cast<unsigned long long>(seed));
-  return buf;
+  return model + buf;
 }
 
 std::vector<nlohmann::json> read_results(const fs::path& path) {
@@ -65,7 +66,8 @@ std::vector<nlohmann::json> read_results(const fs::path& path) {
 }
 
 std::string row_key(const nlohmann::json& r) {
-  return point_key(r.at("sampler"), r.at("steps"), r.at("guidance"), r.at("eta"), r.at("samples"), r.at("seed"));
+  return point_key(r.value("model", ""), r.at("sampler"), r.at("steps"), r.at("guidance"), r.at("eta"), r.at("samples"),
+                   r.at("seed"));
 }
 
 GaussianStats reference_stats(const SweepOptions& o, FeatureExtractor& extractor, Communicator* comm) {
@@ -217,7 +219,8 @@ void run_sweep(const SweepOptions& input, Communicator* comm) {
   size_t index = 0;
   for (const auto& p : points) {
     ++index;
-    const auto key = point_key(p.sampler.name, p.sampler.steps, p.guidance, p.sampler.eta, o.samples, o.seed);
+    const auto key =
+        point_key(source.description, p.sampler.name, p.sampler.steps, p.guidance, p.sampler.eta, o.samples, o.seed);
     if (done.count(key)) {
       if (lead) spdlog::info("sweep [{}/{}] {} steps={} w={}: already done", index, points.size(), p.sampler.name,
                              p.sampler.steps, p.guidance);
@@ -228,7 +231,8 @@ void run_sweep(const SweepOptions& input, Communicator* comm) {
       nlohmann::json row = {{"sampler", p.sampler.name}, {"steps", p.sampler.steps}, {"nfe", r.nfe},
                             {"guidance", p.guidance},    {"eta", p.sampler.eta},   {"samples", r.samples},
                             {"seed", o.seed},            {"fid", r.fid},           {"seconds", r.seconds},
-                            {"images_per_second", static_cast<double>(r.samples) / r.seconds}};
+                            {"images_per_second", static_cast<double>(r.samples) / r.seconds},
+                            {"model", source.description}};
       std::ofstream(results, std::ios::app) << row.dump() << "\n";
       spdlog::info("sweep [{}/{}] {} steps={} (NFE {}) w={}: FID {:.3f} ({} images, {:.1f} s)", index, points.size(),
                    p.sampler.name, p.sampler.steps, r.nfe, p.guidance, r.fid, r.samples, r.seconds);
@@ -236,7 +240,7 @@ void run_sweep(const SweepOptions& input, Communicator* comm) {
   }
   if (lead) {
     write_summaries(o, read_results(results));
-    write_comparison(o, source);
+    if (o.compare_rows > 0) write_comparison(o, source);
     spdlog::info("sweep: results in {}", o.out_dir);
   }
   if (comm) comm->barrier();

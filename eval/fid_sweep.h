@@ -52,13 +52,14 @@ struct SweepOptions {
   std::vector<std::string> prompts;    // image i uses prompts[i % P]
   std::string out_dir;
   int64_t compare_steps = 0;           // step count of the side-by-side grid (0: the smallest in `steps`)
-  int64_t compare_rows = 6;
+  int64_t compare_rows = 6;           // 0: no side-by-side grid (it runs full DDPM, the slow column)
   int64_t reference_limit = 0;         // images of the reference set used (0: all)
 };
 
 // Writes out_dir/results.jsonl (one line per point, appended as points finish, so
 // a re-run skips the points it already has), results.csv, results.json,
-// fid_vs_nfe-w<g>.png per guidance scale and comparison-w<g>.png.
+// fid_vs_nfe-w<g>.png per guidance scale and comparison-w<g>.png (full DDPM | naive
+// subsampled DDPM | respaced DDPM | DDIM | DPM-Solver++(2M), same prompts and seeds).
 void run_sweep(const SweepOptions& options, Communicator* comm);
 
 }  // namespace difftrain::eval

@@ -190,7 +190,7 @@ class Export(Workdir):
         torch.jit.script(Gaussian()).save(str(path))
         r = run(["sample", "--model", str(path), "--image-size", "16", "--max-tokens", "4", "--out",
                  str(self.dir / "g"), "--prompt", "anything", "--images-per-prompt", "16", "--sampler", "ddpm",
-                 "--guidance", "1", "--no-clip"])
+                 "--guidance", "1", "--clip", "off"])
         self.assertEqual(r.returncode, 0, r.stderr)
         sys.path.insert(0, str(HERE))
         pixels = np.concatenate([read_png(p) for p in sorted((self.dir / "g").glob("w1-*.png"))]) / 127.5 - 1
