@@ -27,9 +27,9 @@ if [[ ! -f $features ]]; then
   "$bin" features --out "$features" --image-size 16
 fi
 [[ -f $reference ]] || "$bin" eval fid-ref --extractor "$features" --data runs/data/shapes16 --out "$reference"
-echo "== FID sweep: DDIM and DPM-Solver++(2M) at 10 and 25 steps, w=1 and w=3, 192 images per point"
+echo "== FID sweep: DDIM and DPM-Solver++(2M) at 10 and 25 steps, w=1 and w=3, 128 images per point"
 launch/mpirun.sh -np "$ranks" "$bin" eval sweep --checkpoint "$run_dir" --extractor "$features" \
-  --reference "$reference" --samplers ddim,dpm-solver++2m --steps 10,25 --guidance 1,3 --samples 192 \
+  --reference "$reference" --samplers ddim,dpm-solver++2m --steps 10,25 --guidance 1,3 --samples 128 \
   --compare-rows 0 --out "$run_dir/fid-sweep"
 awk -F, '{printf "  %-15s %6s %5s %9s %10s\n", $1, $2, $3, $4, $8}' "$run_dir/fid-sweep/results.csv"
 

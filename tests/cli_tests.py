@@ -314,6 +314,48 @@ class Evaluation(Workdir):
         self.assert_clean_error(bad, "eval.reference")
 
 
+class Preemption(Workdir):
+    """SIGUSR1 (forwarded by mpirun to every rank) or SIGTERM: agree on a step, checkpoint, exit 0."""
+
+    def wait_for_step(self, proc, run_dir, step):
+        log = self.dir / run_dir / "metrics.jsonl"
+        deadline = time.time() + 120
+        while not (log.exists() and any(json.loads(l)["step"] >= step for l in log.read_text().splitlines() if l)):
+            self.assertLess(time.time(), deadline, "training made no progress")
+            self.assertIsNone(proc.poll(), "training ended before the signal")
+            time.sleep(0.05)
+
+    def stop_and_check(self, proc, sig, run_dir):
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=120)
+        self.assertEqual(proc.returncode, 0, out[-2000:] + err[-2000:])
+        line = next(l for l in out.splitlines() if "stopping at step" in l)
+        step = int(line.split("stopping at step ")[1].split()[0])
+        self.assertTrue(0 < step < 5000)
+        self.assertTrue((self.dir / run_dir / "checkpoints" / f"step-{step:09d}" / "state.json").exists())
+        return step
+
+    def test_sigusr1_to_mpirun_checkpoints_every_rank_at_one_step(self):
+        args = MPIRUN + ["-np", "2", BINARY] + self.train_args("train.max_steps=5000", "checkpoint.every=1000",
+                                                                run_dir="mpi")
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.wait_for_step(proc, "mpi", 10)
+        step = self.stop_and_check(proc, signal.SIGUSR1, "mpi")
+        self.assertTrue((self.dir / "mpi" / "checkpoints" / f"step-{step:09d}" / "rng-rank-1.pt").exists())
+        r = subprocess.run(MPIRUN + ["-np", "2", BINARY] + self.train_args(f"train.max_steps={step + 5}",
+                                                                           run_dir="mpi"),
+                           capture_output=True, text=True, timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr[-2000:])
+        self.assertIn(f"at step {step}", r.stdout)
+
+    def test_sigterm_single_process(self):
+        proc = subprocess.Popen([BINARY] + self.train_args("train.max_steps=5000", "checkpoint.every=1000",
+                                                           run_dir="one"),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.wait_for_step(proc, "one", 5)
+        self.stop_and_check(proc, signal.SIGTERM, "one")
+
+
 class Resume(Workdir):
     def fingerprint(self, run_dir):
         r = run(["checkpoint-info", str(run_dir)])

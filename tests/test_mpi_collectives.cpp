@@ -5,6 +5,7 @@
 
 #include "trainer/communicator.h"
 #include "trainer/mpi_session.h"
+#include "trainer/weights_agreement.h"
 
 using namespace difftrain;
 
@@ -35,6 +36,23 @@ TEST(MpiCommunicator, ScalarStatisticsAreSummedInFloat64) {
   const auto s = comm->allreduce_sum({1.0, 0.1 * comm->rank()});
   EXPECT_DOUBLE_EQ(s[0], comm->world_size());
   EXPECT_NEAR(s[1], 0.1 * comm->world_size() * (comm->world_size() - 1) / 2, 1e-12);
+}
+
+TEST(WeightsAgreement, PassesForIdenticalWeightsAndStopsEveryRankOtherwise) {
+  auto comm = make_communicator(*g_session, torch::kCPU);
+  torch::manual_seed(3);
+  torch::nn::Linear layer(4, 3);
+  EXPECT_NO_THROW(require_identical_weights(*comm, *layer, "test"));
+  if (comm->rank() == 1) {
+    torch::NoGradGuard g;
+    layer->weight[0][0].add_(1e-6);
+  }
+  try {
+    require_identical_weights(*comm, *layer, "checkpoint at step 7");
+    FAIL() << "differing weights were not detected on rank " << comm->rank();
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("checkpoint at step 7: the ranks' weights differ"), std::string::npos);
+  }
 }
 
 int main(int argc, char** argv) {

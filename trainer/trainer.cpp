@@ -27,6 +27,8 @@
 #include "trainer/lr_schedule.h"
 #include "trainer/mpi_session.h"
 #include "trainer/precision.h"
+#include "trainer/stop_signal.h"
+#include "trainer/weights_agreement.h"
 
 namespace difftrain {
 namespace fs = std::filesystem;
@@ -171,6 +173,7 @@ void train(const Config& config, MpiSession& session, const TrainingHooks& hooks
   const auto schedule = diffusion::make_schedule(config.diffusion.schedule, config.diffusion.timesteps);
   const auto prediction = diffusion::parse_prediction(config.diffusion.prediction);
   const int64_t H = config.data.image_size, B = config.train.batch_size;
+  install_stop_signal_handlers();
   const fs::path stats_path = fs::path(config.run.dir) / "metrics.jsonl";
   double loss_sum = 0;
   int64_t loss_count = 0;
@@ -266,10 +269,18 @@ void train(const Config& config, MpiSession& session, const TrainingHooks& hooks
       last_log = Clock::now();  // evaluation time is not training throughput
     }
 
-    if (state.step % config.checkpoint.every == 0 || state.step == config.train.max_steps) {
+    // One tiny all-reduce per step: every rank stops at the same step if any rank was signalled.
+    const bool stop = comm->allreduce_sum({pending_stop_signal() != 0 ? 1.0 : 0.0})[0] > 0;
+    if (stop || state.step % config.checkpoint.every == 0 || state.step == config.train.max_steps) {
+      require_identical_weights(*comm, *net, "checkpoint at step " + std::to_string(state.step));
       CheckpointContents contents{*net, *ema_net, optimizer, gen.get_state()};
       const auto path = save_checkpoint(*comm, config.run.dir, state, contents, config_yaml, config.checkpoint.keep);
       if (lead) spdlog::info("checkpoint: {}", path);
+    }
+    if (stop) {
+      if (lead) spdlog::info("stopping at step {} on a stop signal (SIGTERM/SIGUSR1); run the same command to resume",
+                             state.step);
+      return;
     }
   }
   if (lead) spdlog::info("training done: step {} in {}", state.step, config.run.dir);

@@ -1,0 +1,15 @@
+// "All ranks hold identical weights", checked cheaply before every checkpoint
+// (EDM's check before saving): each rank hashes its parameters
+// (weights_fingerprint) and one all-reduce compares the hashes.
+#pragma once
+
+#include <torch/nn/module.h>
+
+namespace difftrain {
+
+class Communicator;
+
+// Collective. Throws std::runtime_error naming `what` if any rank's weights differ.
+void require_identical_weights(Communicator& comm, torch::nn::Module& module, const std::string& what);
+
+}  // namespace difftrain
