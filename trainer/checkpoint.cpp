@@ -47,13 +47,11 @@ std::string read_text(const fs::path& path) {
   return ss.str();
 }
 
-// Modules and optimizers serialise themselves into an archive; a tensor is one named entry.
+// Modules and optimizers serialise themselves into an archive.
 void write_archive(torch::serialize::OutputArchive& archive, const torch::nn::Module& m) { m.save(archive); }
 void write_archive(torch::serialize::OutputArchive& archive, const torch::optim::Optimizer& o) { o.save(archive); }
-void write_archive(torch::serialize::OutputArchive& archive, const torch::Tensor& t) { archive.write("tensor", t); }
 void read_archive(torch::serialize::InputArchive& archive, torch::nn::Module& m) { m.load(archive); }
 void read_archive(torch::serialize::InputArchive& archive, torch::optim::Optimizer& o) { o.load(archive); }
-void read_archive(torch::serialize::InputArchive& archive, torch::Tensor& t) { archive.read("tensor", t); }
 
 template <class T>
 void save_torch(const T& value, const fs::path& path) {
@@ -142,11 +140,6 @@ std::string save_checkpoint(Communicator& comm, const std::string& run_dir, cons
     fs::create_directories(root);
     fs::remove_all(temp_dir);
     fs::create_directories(temp_dir);
-  }
-  comm.barrier();
-  save_torch(c.rng_state, temp_dir / ("rng-rank-" + std::to_string(comm.rank()) + ".pt"));
-  comm.barrier();
-  if (comm.rank() == 0) {
     save_torch(c.model, temp_dir / "model.pt");
     save_torch(c.ema, temp_dir / "ema.pt");
     save_torch(c.optimizer, temp_dir / "optimizer.pt");
@@ -184,14 +177,11 @@ TrainingState read_training_state(const std::string& dir) {
 
 std::string read_checkpoint_config(const std::string& dir) { return read_text(fs::path(dir) / "config.yaml"); }
 
-TrainingState load_checkpoint(const std::string& dir, int rank, CheckpointContents& c) {
+TrainingState load_checkpoint(const std::string& dir, CheckpointContents& c) {
   TrainingState state = read_training_state(dir);
   load_torch(c.model, fs::path(dir) / "model.pt");
   load_torch(c.ema, fs::path(dir) / "ema.pt");
   load_torch(c.optimizer, fs::path(dir) / "optimizer.pt");
-  const fs::path rng = fs::path(dir) / ("rng-rank-" + std::to_string(rank) + ".pt");
-  c.rng_state = torch::Tensor();
-  if (fs::exists(rng)) load_torch(c.rng_state, rng);
   return state;
 }
 

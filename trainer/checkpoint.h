@@ -1,7 +1,7 @@
 // Checkpoints: <run.dir>/checkpoints/step-000001000/
 //   model.pt, ema.pt, optimizer.pt   (rank 0; the weights are identical on every rank)
-//   rng-rank-<r>.pt                  (each rank's generator state)
 //   state.json                       (step, images seen, data position, loss scale, world size)
+// No generator state: training draws are a function of the data position (trainer/sample_draws.h).
 //   config.yaml                      (the resolved configuration)
 // Written into a hidden temporary directory, every file fsynced, then renamed:
 // a directory under the final name is always complete, so a crash at any
@@ -45,16 +45,14 @@ struct CheckpointContents {
   torch::nn::Module& model;
   torch::nn::Module& ema;
   torch::optim::Optimizer& optimizer;
-  torch::Tensor rng_state;  // this rank's generator state (uint8)
 };
 
 // Collective: every rank calls it. Keeps the newest `keep` checkpoints.
 std::string save_checkpoint(Communicator& comm, const std::string& run_dir, const TrainingState& state,
                             const CheckpointContents& contents, const std::string& config_yaml, int64_t keep);
 
-// Loads model, EMA, optimizer and this rank's RNG state (undefined when the
-// checkpoint came from a smaller world). Every rank reads the shared files.
-TrainingState load_checkpoint(const std::string& dir, int rank, CheckpointContents& contents);
+// Loads model, EMA and optimizer. Every rank reads the shared files.
+TrainingState load_checkpoint(const std::string& dir, CheckpointContents& contents);
 
 // Only the EMA weights, for sampling and export.
 void load_ema_weights(const std::string& dir, torch::nn::Module& model);

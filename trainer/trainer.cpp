@@ -1,6 +1,5 @@
 #include "trainer/trainer.h"
 
-#include <ATen/CPUGeneratorImpl.h>
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
@@ -27,6 +26,7 @@
 #include "trainer/lr_schedule.h"
 #include "trainer/mpi_session.h"
 #include "trainer/precision.h"
+#include "trainer/sample_draws.h"
 #include "trainer/stop_signal.h"
 #include "trainer/weights_agreement.h"
 
@@ -49,11 +49,6 @@ void prepare_data(const Config& c, Communicator& comm) {
     spdlog::info("data: {} shards of built-in captioned shapes in {}", paths.size(), c.data.dir);
   }
   comm.barrier();
-}
-
-// Each rank draws its own noise, timesteps and condition dropout.
-uint64_t rank_seed(int64_t run_seed, int rank) {
-  return static_cast<uint64_t>(run_seed) * 1000003ULL + 7919ULL * static_cast<uint64_t>(rank) + 1;
 }
 
 std::vector<torch::Tensor> gradients_of(const std::vector<torch::Tensor>& params) {
@@ -84,12 +79,6 @@ void set_learning_rate(torch::optim::Optimizer& optimizer, double lr) {
   for (auto& group : optimizer.param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
 }
 
-// Replaces each caption, with probability p, by the null condition (all padding).
-torch::Tensor drop_conditions(torch::Tensor tokens, double p, at::Generator& gen) {
-  if (p <= 0) return tokens;
-  auto drop = torch::rand({tokens.size(0)}, gen) < p;  // (B)
-  return tokens.masked_fill(drop.unsqueeze(1), model::kPadToken);
-}
 
 void append_jsonl(const fs::path& path, const nlohmann::json& line) {
   std::ofstream out(path, std::ios::app);
@@ -136,18 +125,16 @@ void train(const Config& config, MpiSession& session, const TrainingHooks& hooks
   const Precision precision = parse_precision(config.train.precision);
   DynamicLossScaler scaler(precision == Precision::kFp16);
   Ema ema(*net, *ema_net, config.train.ema_decay);
-  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(rank_seed(config.run.seed, comm->rank()));
 
   TrainingState state;
   state.world_size = comm->world_size();
   if (auto latest = latest_checkpoint(config.run.dir)) {
-    CheckpointContents contents{*net, *ema_net, optimizer, torch::Tensor()};
-    state = load_checkpoint(*latest, comm->rank(), contents);
-    if (contents.rng_state.defined()) gen.set_state(contents.rng_state);
+    CheckpointContents contents{*net, *ema_net, optimizer};
+    state = load_checkpoint(*latest, contents);
     scaler.restore(state.loss_scale, state.loss_scale_clean_steps);
     if (lead) spdlog::info("resumed from {} at step {}", *latest, state.step);
     if (state.world_size != comm->world_size() && lead)
-      spdlog::warn("checkpoint was written by {} ranks, resuming with {}: data position kept by sample count",
+      spdlog::info("checkpoint was written by {} ranks, resuming with {}: data position kept by sample count",
                    state.world_size, comm->world_size());
     state.world_size = comm->world_size();
   }
@@ -185,11 +172,15 @@ void train(const Config& config, MpiSession& session, const TrainingHooks& hooks
     const auto step_start = Clock::now();
     data::Batch batch = loader.next();
     auto x0 = images_to_tensor(batch.images, batch.size, H, H, 3).to(device);
-    auto tokens = drop_conditions(tokenize_batch(batch.captions, config.model.max_tokens), config.train.cond_dropout,
-                                  gen)
+    const auto draws = draw_samples(static_cast<uint64_t>(config.run.seed), batch.position.epoch,
+                                    batch.position.batch * global_batch + comm->rank(), comm->world_size(), B,
+                                    schedule.timesteps, {3, H, H}, config.train.cond_dropout);
+    // Condition dropout: the caption becomes the null condition (all padding).
+    auto tokens = tokenize_batch(batch.captions, config.model.max_tokens)
+                      .masked_fill(draws.drop.unsqueeze(1), model::kPadToken)
                       .to(device);
-    auto t = torch::randint(0, schedule.timesteps, {B}, gen, torch::kInt64).to(device);
-    auto noise = torch::randn(x0.sizes(), gen, torch::kFloat32).to(device);
+    auto t = draws.timesteps.to(device);
+    auto noise = draws.noise.to(device);
     auto x_t = diffusion::q_sample(schedule, x0, t, noise);
     auto target = diffusion::training_target(prediction, schedule, x0, noise, t);
 
@@ -273,7 +264,7 @@ void train(const Config& config, MpiSession& session, const TrainingHooks& hooks
     const bool stop = comm->allreduce_sum({pending_stop_signal() != 0 ? 1.0 : 0.0})[0] > 0;
     if (stop || state.step % config.checkpoint.every == 0 || state.step == config.train.max_steps) {
       require_identical_weights(*comm, *net, "checkpoint at step " + std::to_string(state.step));
-      CheckpointContents contents{*net, *ema_net, optimizer, gen.get_state()};
+      CheckpointContents contents{*net, *ema_net, optimizer};
       const auto path = save_checkpoint(*comm, config.run.dir, state, contents, config_yaml, config.checkpoint.keep);
       if (lead) spdlog::info("checkpoint: {}", path);
     }

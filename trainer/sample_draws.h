@@ -1,0 +1,26 @@
+// The random draws of one training batch: each sample's timestep, noise and
+// condition-dropout decision come from a generator seeded by (run seed, epoch,
+// the sample's position in that epoch's permutation). They depend on which
+// sample it is, never on the number of ranks or the per-rank batch size, so
+// 2 ranks x batch b and 1 rank x batch 2b train on identical draws (tested),
+// and a resumed run needs no generator state: its data position is enough.
+#pragma once
+
+#include <torch/types.h>
+
+#include <vector>
+
+namespace difftrain {
+
+struct SampleDraws {
+  torch::Tensor timesteps;  // (B) int64 in [0, T)
+  torch::Tensor noise;      // (B, C, H, W) float32
+  torch::Tensor drop;       // (B) bool: caption replaced by the null condition
+};
+
+// Sample j of this rank's batch sits at epoch position first_position + j * stride
+// (the loader gives rank r positions r, r + world, ...: first = batch * B * world + r, stride = world).
+SampleDraws draw_samples(uint64_t seed, int64_t epoch, int64_t first_position, int64_t stride, int64_t batch,
+                         int64_t timesteps, const std::vector<int64_t>& image_shape, double drop_probability);
+
+}  // namespace difftrain
