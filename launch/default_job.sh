@@ -13,7 +13,7 @@ echo "== training with $ranks MPI ranks (configs/default.yaml); metrics on 127.0
 launch/mpirun.sh -np "$ranks" "$bin" train --config configs/default.yaml "$@"
 
 echo "== evaluation sampling: DDIM 25 steps, guidance w=1 (none) and w=3"
-"$bin" sample --checkpoint "$run_dir" --out "$run_dir/samples" --synthetic-prompts --images-per-prompt 2 \
+"$bin" sample --checkpoint "$run_dir" --out "$run_dir/samples" --synthetic-prompts --images-per-prompt 4 \
   --sampler ddim --steps 25 --guidance 1 3 --seed 0
 "$bin" colour-match --manifest "$run_dir/samples/manifest.jsonl" --guidance 1 3
 
