@@ -80,13 +80,13 @@ int run_train(int argc, char** argv, const std::string& config_path, const std::
   return 0;
 }
 
-int run_sweep_command(int argc, char** argv, const eval::SweepOptions& options) {
+int run_sweep_command(int argc, char** argv, const eval::SweepOptions& options, double timeout_seconds) {
   MpiSession session(&argc, &argv);
   g_rank = session.rank(), g_world = session.world_size();
   if (g_rank != 0) spdlog::set_level(spdlog::level::warn);
   try {
     torch::set_num_threads(1);
-    auto comm = make_communicator(session, torch::kCPU);
+    auto comm = make_communicator(session, torch::kCPU, {timeout_seconds});
     eval::run_sweep(options, comm.get());
   } catch (const c10::Error& e) {
     fail(e.what_without_backtrace());
@@ -222,6 +222,9 @@ int main(int argc, char** argv) {
   sweep->add_option("--compare-steps", sweep_options.compare_steps, "steps of the side-by-side grid");
   sweep->add_option("--compare-rows", sweep_options.compare_rows, "prompts in the side-by-side grid (0: no grid)")
       ->check(CLI::NonNegativeNumber);
+  double sweep_timeout = 600;
+  sweep->add_option("--timeout", sweep_timeout, "seconds a collective may take before the job ends with an error (default 600)")
+      ->check(CLI::PositiveNumber);
   sweep->add_option("--reference-limit", sweep_options.reference_limit, "reference images used (0: all)");
 
   auto* features = app.add_subcommand("features", "train the built-in FID feature network for the synthetic shapes");
@@ -284,7 +287,7 @@ int main(int argc, char** argv) {
                   static_cast<long long>(b.count));
       return 0;
     }
-    if (*sweep) return run_sweep_command(argc, argv, sweep_options);
+    if (*sweep) return run_sweep_command(argc, argv, sweep_options, sweep_timeout);
     if (*features) {
       const auto r = eval::train_feature_net(feature_options, features_out);
       std::printf("feature extractor %s: %lld-d features; held-out colour accuracy %.3f, shape accuracy %.3f, "

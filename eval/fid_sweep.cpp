@@ -77,7 +77,7 @@ GaussianStats reference_stats(const SweepOptions& o, FeatureExtractor& extractor
     spdlog::info("sweep: reference statistics of {}", o.reference);
     save_gaussian_stats(cached, gaussian_stats_of(o.reference, extractor, o.reference_limit, o.batch_size));
   }
-  if (comm) comm->barrier();
+  if (comm) comm->barrier("sweep: reference statistics written");
   return load_gaussian_stats(cached);
 }
 
@@ -178,7 +178,7 @@ FidPointResult fid_point(const DenoiserSource& source, const FidPoint& point, co
   }
   if (comm) {
     auto& buffer = stats.buffer();
-    const auto summed = comm->allreduce_sum(to_vector(buffer));
+    const auto summed = comm->allreduce_sum(to_vector(buffer), "FID: feature statistics");
     buffer.copy_(torch::tensor(summed, torch::kFloat64));
   }
   FidPointResult r;
@@ -196,7 +196,7 @@ void run_sweep(const SweepOptions& input, Communicator* comm) {
     throw std::invalid_argument("sweep: samplers, steps and guidance must each name at least one value");
   const bool lead = !comm || comm->rank() == 0;
   if (lead) fs::create_directories(o.out_dir);
-  if (comm) comm->barrier();
+  if (comm) comm->barrier("sweep: output directory made");
   const DenoiserSource source = o.model_file.empty() ? load_checkpoint_denoiser(o.checkpoint)
                                                      : load_torchscript_denoiser(o.model_file, 0, 0);
   FeatureExtractor extractor(o.extractor);
@@ -243,7 +243,7 @@ void run_sweep(const SweepOptions& input, Communicator* comm) {
     if (o.compare_rows > 0) write_comparison(o, source);
     spdlog::info("sweep: results in {}", o.out_dir);
   }
-  if (comm) comm->barrier();
+  if (comm) comm->barrier("sweep: summaries written");
 }
 
 }  // namespace difftrain::eval

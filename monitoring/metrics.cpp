@@ -28,6 +28,10 @@ TrainingMetrics::TrainingMetrics(const std::string& bind_address, int rank)
   loss_ = add_gauge(r, "difftrain_loss", "Training loss of the last step.", labels);
   learning_rate_ = add_gauge(r, "difftrain_learning_rate", "Learning rate of the last step.", labels);
   step_seconds_ = add_gauge(r, "difftrain_step_seconds", "Wall time of the last step.", labels);
+  comm_wait_seconds_ = add_gauge(r, "difftrain_comm_wait_seconds",
+                                 "Part of the last step spent waiting for gradient all-reduces (not hidden "
+                                 "behind backward).",
+                                 labels);
   images_per_second_ =
       add_gauge(r, "difftrain_images_per_second", "Images per second this rank processed.", labels);
   grad_norm_ = add_gauge(r, "difftrain_grad_norm", "Global gradient L2 norm before clipping.", labels);
@@ -50,6 +54,7 @@ void TrainingMetrics::record_step(const StepStats& stats) {
   loss_->Set(stats.loss);
   learning_rate_->Set(stats.learning_rate);
   step_seconds_->Set(stats.step_seconds);
+  comm_wait_seconds_->Set(stats.comm_wait_seconds);
   images_per_second_->Set(stats.images_per_second);
   grad_norm_->Set(stats.grad_norm);
   loss_scale_->Set(stats.loss_scale);

@@ -32,6 +32,7 @@ struct StepStats {
   double loss_scale = 0;
   int64_t images = 0;  // images this rank processed in the step
   bool skipped = false;
+  double comm_wait_seconds = 0;  // the training thread waiting for gradient all-reduces to finish
 };
 
 class TrainingMetrics {
@@ -65,6 +66,7 @@ class TrainingMetrics {
   prometheus::Gauge* loss_;
   prometheus::Gauge* learning_rate_;
   prometheus::Gauge* step_seconds_;
+  prometheus::Gauge* comm_wait_seconds_;
   prometheus::Gauge* images_per_second_;
   prometheus::Gauge* grad_norm_;
   prometheus::Gauge* loss_scale_;

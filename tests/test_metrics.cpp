@@ -100,6 +100,7 @@ dm::StepStats example_step() {
   s.grad_norm = 1.5;
   s.loss_scale = 65536;
   s.images = 64;
+  s.comm_wait_seconds = 0.125;
   return s;
 }
 
@@ -120,6 +121,7 @@ TEST(TrainingMetrics, ScrapeShowsRecordedStep) {
            R"(difftrain_loss{rank="3"} 0.25)",
            R"(difftrain_learning_rate{rank="3"} 0.0001)",
            R"(difftrain_step_seconds{rank="3"} 0.5)",
+           R"(difftrain_comm_wait_seconds{rank="3"} 0.125)",
            R"(difftrain_images_per_second{rank="3"} 128)",
            R"(difftrain_grad_norm{rank="3"} 1.5)",
            R"(difftrain_loss_scale{rank="3"} 65536)",

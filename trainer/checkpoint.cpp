@@ -152,7 +152,7 @@ std::string save_checkpoint(Communicator& comm, const std::string& run_dir, cons
     auto all = complete_checkpoints(run_dir);
     for (size_t i = 0; i + static_cast<size_t>(keep) < all.size(); ++i) fs::remove_all(all[i].second);
   }
-  comm.barrier();
+  comm.barrier("checkpoint written");
   return final_dir.string();
 }
 

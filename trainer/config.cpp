@@ -35,6 +35,7 @@ void visit_config_fields(Config& c, Visitor&& v) {
   v("diffusion.schedule", c.diffusion.schedule);
   v("diffusion.prediction", c.diffusion.prediction);
   v("train.batch_size", c.train.batch_size);
+  v("train.grad_accum_steps", c.train.grad_accum_steps);
   v("train.max_steps", c.train.max_steps);
   v("train.lr", c.train.lr);
   v("train.warmup_steps", c.train.warmup_steps);
@@ -49,6 +50,8 @@ void visit_config_fields(Config& c, Visitor&& v) {
   v("train.device", c.train.device);
   v("train.threads", c.train.threads);
   v("train.log_every", c.train.log_every);
+  v("distributed.bucket_mb", c.distributed.bucket_mb);
+  v("distributed.timeout_seconds", c.distributed.timeout_seconds);
   v("checkpoint.every", c.checkpoint.every);
   v("checkpoint.keep", c.checkpoint.keep);
   v("monitoring.enabled", c.monitoring.enabled);
@@ -301,6 +304,9 @@ void validate_config(const Config& c) {
   require(c.diffusion.prediction == "eps" || c.diffusion.prediction == "v", "diffusion.prediction",
           c.diffusion.prediction, "eps or v");
   require(c.train.batch_size >= 1, "train.batch_size", c.train.batch_size, ">= 1");
+  require(c.train.grad_accum_steps >= 1, "train.grad_accum_steps", c.train.grad_accum_steps, ">= 1");
+  require(c.distributed.bucket_mb > 0, "distributed.bucket_mb", c.distributed.bucket_mb, "> 0");
+  require(c.distributed.timeout_seconds > 0, "distributed.timeout_seconds", c.distributed.timeout_seconds, "> 0");
   require(c.train.max_steps >= 1, "train.max_steps", c.train.max_steps, ">= 1");
   require(c.train.lr > 0, "train.lr", c.train.lr, "> 0");
   require(c.train.warmup_steps >= 0, "train.warmup_steps", c.train.warmup_steps, ">= 0");

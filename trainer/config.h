@@ -50,7 +50,8 @@ struct DiffusionConfig {
 };
 
 struct TrainConfig {
-  int64_t batch_size = 32;  // per rank
+  int64_t batch_size = 32;  // per rank and micro-batch
+  int64_t grad_accum_steps = 1;  // micro-batches per optimizer step; gradients synchronise on the last
   int64_t max_steps = 2000;
   double lr = 3e-4;
   int64_t warmup_steps = 100;
@@ -65,6 +66,12 @@ struct TrainConfig {
   std::string device = "cpu";      // cpu | cuda
   int64_t threads = 1;             // torch intra-op threads per rank
   int64_t log_every = 10;
+};
+
+// Data-parallel training (trainer/gradient_reducer.h, trainer/mpi_worker.h).
+struct DistributedConfig {
+  double bucket_mb = 25;           // gradient bucket size: each bucket is all-reduced as soon as it is ready
+  double timeout_seconds = 600;    // a collective not complete after this ends the job, naming absent ranks
 };
 
 struct CheckpointConfig {
@@ -96,6 +103,7 @@ struct Config {
   ModelConfig model;
   DiffusionConfig diffusion;
   TrainConfig train;
+  DistributedConfig distributed;
   CheckpointConfig checkpoint;
   MonitoringConfig monitoring;
   EvalConfig eval;

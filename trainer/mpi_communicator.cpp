@@ -1,9 +1,9 @@
-#include <mpi.h>
+#include "trainer/mpi_communicator.h"
+
 #include <torch/torch.h>
 
+#include <limits>
 #include <stdexcept>
-
-#include "trainer/communicator.h"
 
 namespace difftrain {
 
@@ -23,6 +23,14 @@ void unpack_flat(const torch::Tensor& flat, const std::vector<torch::Tensor>& te
   }
 }
 
+void Communicator::allreduce_mean(const std::vector<torch::Tensor>& tensors, const std::string& what) {
+  if (tensors.empty() || world_size() == 1) return;
+  torch::NoGradGuard no_grad;
+  auto flat = pack_flat(tensors);
+  allreduce_mean_async(flat, what)->wait();
+  unpack_flat(flat, tensors);
+}
+
 namespace {
 
 MPI_Datatype mpi_type(const torch::Tensor& t) {
@@ -33,71 +41,109 @@ MPI_Datatype mpi_type(const torch::Tensor& t) {
                               std::string(c10::toString(t.scalar_type())));
 }
 
-void check(int code, const char* operation) {
-  if (code == MPI_SUCCESS) return;
-  char text[MPI_MAX_ERROR_STRING];
-  int length = 0;
-  MPI_Error_string(code, text, &length);
-  throw std::runtime_error(std::string(operation) + " failed: " + std::string(text, length));
+int mpi_count(const torch::Tensor& t, const std::string& what) {
+  if (t.numel() > std::numeric_limits<int>::max())
+    throw std::invalid_argument(what + ": " + std::to_string(t.numel()) +
+                                " elements exceed one MPI call; use smaller buckets (distributed.bucket_mb)");
+  return static_cast<int>(t.numel());
 }
 
-class MpiCommunicator final : public Communicator {
+void check_cpu_buffer(const torch::Tensor& t, const std::string& what) {
+  TORCH_CHECK(t.device().is_cpu() && t.is_contiguous(), "MPI communicator (", what,
+              "): expects a contiguous CPU tensor, got ", t.device().str());
+}
+
+// Sum in place on the worker; the mean's division runs on the caller's thread in wait(),
+// so all torch arithmetic stays on the threads that own the tensors.
+class MpiPendingMean final : public PendingCollective {
  public:
-  MpiCommunicator(int rank, int world) : Communicator(rank, world) {}
-  std::string backend() const override { return "mpi"; }
-
-  void allreduce_mean(const std::vector<torch::Tensor>& tensors) override {
-    if (tensors.empty() || world_size() == 1) return;
-    for (const auto& t : tensors)
-      TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == tensors[0].scalar_type(),
-                  "MPI all-reduce expects CPU tensors of one dtype");
+  MpiPendingMean(std::shared_ptr<CollectiveTicket> ticket, torch::Tensor buffer, int world)
+      : ticket_(std::move(ticket)), buffer_(std::move(buffer)), world_(world) {}
+  void wait() override {
+    if (!ticket_) return;
+    ticket_->wait();
     torch::NoGradGuard no_grad;
-    auto flat = pack_flat(tensors);
-    check(MPI_Allreduce(MPI_IN_PLACE, flat.data_ptr(), static_cast<int>(flat.numel()), mpi_type(flat), MPI_SUM,
-                        MPI_COMM_WORLD),
-          "MPI_Allreduce(gradients)");
-    flat.div_(world_size());
-    unpack_flat(flat, tensors);
+    buffer_.div_(world_);
+    seconds_ = ticket_->seconds();
+    ticket_.reset();
   }
+  double seconds() const override { return seconds_; }
 
-  void broadcast(const std::vector<torch::Tensor>& tensors, int root) override {
-    if (tensors.empty() || world_size() == 1) return;
-    torch::NoGradGuard no_grad;
-    auto flat = pack_flat(tensors);
-    check(MPI_Bcast(flat.data_ptr(), static_cast<int>(flat.numel()), mpi_type(flat), root, MPI_COMM_WORLD),
-          "MPI_Bcast(parameters)");
-    unpack_flat(flat, tensors);
-  }
+ private:
+  std::shared_ptr<CollectiveTicket> ticket_;
+  torch::Tensor buffer_;
+  int world_;
+  double seconds_ = 0;
+};
 
-  std::vector<double> allreduce_sum(const std::vector<double>& values) override {
-    std::vector<double> out(values);
-    if (world_size() > 1)
-      check(MPI_Allreduce(MPI_IN_PLACE, out.data(), static_cast<int>(out.size()), MPI_DOUBLE, MPI_SUM,
-                          MPI_COMM_WORLD),
-            "MPI_Allreduce(statistics)");
-    return out;
-  }
-
-  void barrier() override { check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier"); }
+class Completed final : public PendingCollective {
+ public:
+  void wait() override {}
 };
 
 }  // namespace
 
+MpiCommunicator::MpiCommunicator(int rank, int world_size, const CommunicatorOptions& options)
+    : Communicator(rank, world_size), worker_(std::make_unique<MpiWorker>(options.timeout_seconds)) {}
+
+std::unique_ptr<PendingCollective> MpiCommunicator::allreduce_mean_async(torch::Tensor buffer, std::string what) {
+  if (world_size() == 1) return std::make_unique<Completed>();
+  check_cpu_buffer(buffer, what);
+  const int count = mpi_count(buffer, what);
+  const MPI_Datatype type = mpi_type(buffer);
+  void* data = buffer.data_ptr();
+  auto ticket = worker_->submit(std::move(what), [=](MPI_Comm comm, MPI_Request* request) {
+    return MPI_Iallreduce(MPI_IN_PLACE, data, count, type, MPI_SUM, comm, request);
+  });
+  return std::make_unique<MpiPendingMean>(std::move(ticket), std::move(buffer), world_size());
+}
+
+void MpiCommunicator::broadcast(const std::vector<torch::Tensor>& tensors, int root, const std::string& what) {
+  if (tensors.empty() || world_size() == 1) return;
+  torch::NoGradGuard no_grad;
+  auto flat = pack_flat(tensors);
+  check_cpu_buffer(flat, what);
+  const int count = mpi_count(flat, what);
+  const MPI_Datatype type = mpi_type(flat);
+  void* data = flat.data_ptr();
+  worker_->submit(what, [=](MPI_Comm comm, MPI_Request* request) {
+    return MPI_Ibcast(data, count, type, root, comm, request);
+  })->wait();
+  unpack_flat(flat, tensors);
+}
+
+std::vector<double> MpiCommunicator::allreduce_sum(const std::vector<double>& values, const std::string& what) {
+  auto out = std::make_shared<std::vector<double>>(values);
+  if (world_size() == 1 || out->empty()) return *out;
+  worker_->submit(what, [out](MPI_Comm comm, MPI_Request* request) {
+    return MPI_Iallreduce(MPI_IN_PLACE, out->data(), static_cast<int>(out->size()), MPI_DOUBLE, MPI_SUM, comm,
+                          request);
+  })->wait();
+  return *out;
+}
+
+void MpiCommunicator::barrier(const std::string& what) {
+  if (world_size() == 1) return;
+  worker_->submit(what, [](MPI_Comm comm, MPI_Request* request) { return MPI_Ibarrier(comm, request); })->wait();
+}
+
 #ifdef DIFFTRAIN_WITH_NCCL
-std::unique_ptr<Communicator> make_nccl_communicator(const MpiSession& session, const torch::Device& device);
+std::unique_ptr<Communicator> make_nccl_communicator(const MpiSession& session, const torch::Device& device,
+                                                     const CommunicatorOptions& options);
 #endif
 
-std::unique_ptr<Communicator> make_communicator(const MpiSession& session, const torch::Device& device) {
+std::unique_ptr<Communicator> make_communicator(const MpiSession& session, const torch::Device& device,
+                                                const CommunicatorOptions& options) {
   if (device.is_cuda()) {
 #ifdef DIFFTRAIN_WITH_NCCL
-    return make_nccl_communicator(session, device);
+    return make_nccl_communicator(session, device, options);
 #else
     throw std::runtime_error(
         "train.device=cuda needs the NCCL backend, which this build does not have "
         "(build against a CUDA LibTorch with NCCL; see docs/ARCHITECTURE.md)");
 #endif
   }
-  return std::make_unique<MpiCommunicator>(session.rank(), session.world_size());
+  return std::make_unique<MpiCommunicator>(session.rank(), session.world_size(), options);
 }
 
 }  // namespace difftrain

@@ -9,8 +9,14 @@ namespace difftrain {
 
 MpiSession::MpiSession(int* argc, char*** argv) {
   int provided = 0;
-  if (MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
+  if (MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided) != MPI_SUCCESS)
     throw std::runtime_error("MPI_Init_thread failed");
+  if (provided < MPI_THREAD_MULTIPLE) {
+    MPI_Finalize();
+    throw std::runtime_error(
+        "this MPI library does not provide MPI_THREAD_MULTIPLE, which difftrain's communication thread needs "
+        "(Open MPI and MPICH do; check `ompi_info | grep -i thread`)");
+  }
   MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
   MPI_Comm_size(MPI_COMM_WORLD, &world_size_);
   MPI_Comm local;

@@ -22,6 +22,7 @@
 #include "trainer/checkpoint.h"
 #include "trainer/communicator.h"
 #include "trainer/ema.h"
+#include "trainer/gradient_reducer.h"
 #include "trainer/loss_scaler.h"
 #include "trainer/lr_schedule.h"
 #include "trainer/mpi_session.h"
@@ -48,18 +49,7 @@ void prepare_data(const Config& c, Communicator& comm) {
     const auto paths = data::write_synthetic_shards(c.data.dir, spec);
     spdlog::info("data: {} shards of built-in captioned shapes in {}", paths.size(), c.data.dir);
   }
-  comm.barrier();
-}
-
-std::vector<torch::Tensor> gradients_of(const std::vector<torch::Tensor>& params) {
-  std::vector<torch::Tensor> grads;
-  grads.reserve(params.size());
-  for (const auto& p : params) {
-    // A parameter unused this step must still take part, or the ranks' flat buffers would differ.
-    if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
-    grads.push_back(p.grad());
-  }
-  return grads;
+  comm.barrier("data: rank 0 writes the built-in dataset");
 }
 
 double global_grad_norm(const std::vector<torch::Tensor>& grads) {
@@ -91,7 +81,7 @@ void train(const Config& config, MpiSession& session, const TrainingHooks& hooks
   torch::set_num_threads(static_cast<int>(config.train.threads));
   const torch::Device device(config.train.device == "cuda" ? torch::kCUDA : torch::kCPU,
                              config.train.device == "cuda" ? session.local_rank() : -1);
-  auto comm = make_communicator(session, device);
+  auto comm = make_communicator(session, device, {config.distributed.timeout_seconds});
   const bool lead = comm->rank() == 0;
   const std::string config_yaml = config_to_yaml(config);
   if (lead) {
@@ -139,10 +129,17 @@ void train(const Config& config, MpiSession& session, const TrainingHooks& hooks
     state.world_size = comm->world_size();
   }
   // Identical starting weights on every rank, whatever each rank loaded or initialised.
-  comm->broadcast(net->parameters(), 0);
-  comm->broadcast(ema_net->parameters(), 0);
+  comm->broadcast(net->parameters(), 0, "initial weights");
+  comm->broadcast(ema_net->parameters(), 0, "initial EMA weights");
+  // After the weights are final and in place: gradients become views into its buckets.
+  GradientReducer reducer(params, *comm, static_cast<int64_t>(config.distributed.bucket_mb * 1e6));
+  if (lead)
+    spdlog::info("gradients: {} bucket(s) of at most {} MB, all-reduced during backward; {} micro-batch(es) per step",
+                 reducer.bucket_count(), config.distributed.bucket_mb, config.train.grad_accum_steps);
 
+  // Samples all ranks consume per loader batch; an optimizer step takes grad_accum_steps of them.
   const int64_t global_batch = config.train.batch_size * comm->world_size();
+  const int64_t accum = config.train.grad_accum_steps;
   data::Loader loader(loader_options, {state.epoch, state.samples_in_epoch / global_batch});
   if (lead)
     spdlog::info("data: {} samples, {} batches of {} per rank per epoch", loader.dataset_size(),
@@ -162,7 +159,7 @@ void train(const Config& config, MpiSession& session, const TrainingHooks& hooks
   const int64_t H = config.data.image_size, B = config.train.batch_size;
   install_stop_signal_handlers();
   const fs::path stats_path = fs::path(config.run.dir) / "metrics.jsonl";
-  double loss_sum = 0;
+  double loss_sum = 0, comm_wait_sum = 0;
   int64_t loss_count = 0;
   auto last_log = Clock::now();
   int64_t last_log_step = state.step;
@@ -170,31 +167,38 @@ void train(const Config& config, MpiSession& session, const TrainingHooks& hooks
 
   while (state.step < config.train.max_steps) {
     const auto step_start = Clock::now();
-    data::Batch batch = loader.next();
-    auto x0 = images_to_tensor(batch.images, batch.size, H, H, 3).to(device);
-    const auto draws = draw_samples(static_cast<uint64_t>(config.run.seed), batch.position.epoch,
-                                    batch.position.batch * global_batch + comm->rank(), comm->world_size(), B,
-                                    schedule.timesteps, {3, H, H}, config.train.cond_dropout);
-    // Condition dropout: the caption becomes the null condition (all padding).
-    auto tokens = tokenize_batch(batch.captions, config.model.max_tokens)
-                      .masked_fill(draws.drop.unsqueeze(1), model::kPadToken)
-                      .to(device);
-    auto t = draws.timesteps.to(device);
-    auto noise = draws.noise.to(device);
-    auto x_t = diffusion::q_sample(schedule, x0, t, noise);
-    auto target = diffusion::training_target(prediction, schedule, x0, noise, t);
+    reducer.zero_grad();
+    double loss_value = 0;
+    data::LoaderPosition last_position;
+    for (int64_t micro = 0; micro < accum; ++micro) {
+      data::Batch batch = loader.next();
+      last_position = batch.position;
+      auto x0 = images_to_tensor(batch.images, batch.size, H, H, 3).to(device);
+      const auto draws = draw_samples(static_cast<uint64_t>(config.run.seed), batch.position.epoch,
+                                      batch.position.batch * global_batch + comm->rank(), comm->world_size(), B,
+                                      schedule.timesteps, {3, H, H}, config.train.cond_dropout);
+      // Condition dropout: the caption becomes the null condition (all padding).
+      auto tokens = tokenize_batch(batch.captions, config.model.max_tokens)
+                        .masked_fill(draws.drop.unsqueeze(1), model::kPadToken)
+                        .to(device);
+      auto t = draws.timesteps.to(device);
+      auto noise = draws.noise.to(device);
+      auto x_t = diffusion::q_sample(schedule, x0, t, noise);
+      auto target = diffusion::training_target(prediction, schedule, x0, noise, t);
 
-    torch::Tensor output;
-    {
-      AutocastScope autocast(precision, device);
-      output = net->forward(x_t, t, tokens);
+      torch::Tensor output;
+      {
+        AutocastScope autocast(precision, device);
+        output = net->forward(x_t, t, tokens);
+      }
+      // The step's loss is the mean over its micro-batches, as one batch of accum * B would give.
+      auto loss = torch::mse_loss(output.to(torch::kFloat32), target) / static_cast<double>(accum);
+      reducer.begin_backward(/*sync=*/micro + 1 == accum);
+      (loss * scaler.scale()).backward();
+      loss_value += loss.item<double>();
     }
-    auto loss = torch::mse_loss(output.to(torch::kFloat32), target);
-    optimizer.zero_grad();
-    (loss * scaler.scale()).backward();
-
-    auto grads = gradients_of(params);
-    comm->allreduce_mean(grads);
+    reducer.finish();
+    const auto& grads = reducer.gradients();
     // Averaged gradients are identical on every rank, so every rank makes the same skip decision.
     const bool finite = scaler.unscale_and_check(grads);
     scaler.update(finite);
@@ -209,27 +213,30 @@ void train(const Config& config, MpiSession& session, const TrainingHooks& hooks
     }
     state.step += 1;
     if (finite) ema.update(state.step);
-    state.images_seen += global_batch;
-    state.samples_in_epoch = (batch.position.batch + 1) * global_batch;
-    state.epoch = batch.position.epoch;
-    if (batch.position.batch + 1 == loader.batches_per_epoch()) state.epoch += 1, state.samples_in_epoch = 0;
+    state.images_seen += global_batch * accum;
+    state.samples_in_epoch = (last_position.batch + 1) * global_batch;
+    state.epoch = last_position.epoch;
+    if (last_position.batch + 1 == loader.batches_per_epoch()) state.epoch += 1, state.samples_in_epoch = 0;
     state.loss_scale = scaler.scale();
     state.loss_scale_clean_steps = scaler.clean_steps();
 
-    const double loss_value = loss.item<double>();
     loss_sum += loss_value;
     loss_count += 1;
+    comm_wait_sum += reducer.last_step().wait_seconds;
     const double step_seconds = std::chrono::duration<double>(Clock::now() - step_start).count();
     if (metrics)
-      metrics->record_step({loss_value, lr, step_seconds, static_cast<double>(B) / step_seconds, grad_norm,
-                            scaler.scale(), B, !finite});
+      metrics->record_step({loss_value, lr, step_seconds, static_cast<double>(B * accum) / step_seconds, grad_norm,
+                            scaler.scale(), B * accum, !finite, reducer.last_step().wait_seconds});
 
     if (state.step % config.train.log_every == 0 || state.step == config.train.max_steps) {
-      const auto totals = comm->allreduce_sum({loss_sum, static_cast<double>(loss_count)});
+      const auto totals = comm->allreduce_sum({loss_sum, static_cast<double>(loss_count), comm_wait_sum},
+                                              "loss statistics");
       const double mean_loss = totals[0] / totals[1];
       const double elapsed = std::chrono::duration<double>(Clock::now() - last_log).count();
       const double per_step = elapsed / static_cast<double>(state.step - last_log_step);
-      const double images_per_second = static_cast<double>(global_batch) / per_step;
+      const double images_per_second = static_cast<double>(global_batch * accum) / per_step;
+      // Mean over ranks of the time the training thread waited for gradient all-reduces.
+      const double comm_wait_fraction = totals[2] / comm->world_size() / elapsed;
       if (lead) {
         std::printf("%s\n", monitoring::format_progress(state.step, config.train.max_steps, mean_loss,
                                                         images_per_second, per_step)
@@ -241,9 +248,10 @@ void train(const Config& config, MpiSession& session, const TrainingHooks& hooks
                                   {"learning_rate", lr},
                                   {"grad_norm", grad_norm},
                                   {"images_per_second", images_per_second},
+                                  {"comm_wait_fraction", comm_wait_fraction},
                                   {"loss_scale", scaler.scale()}});
       }
-      loss_sum = 0, loss_count = 0, last_log = Clock::now(), last_log_step = state.step;
+      loss_sum = 0, loss_count = 0, comm_wait_sum = 0, last_log = Clock::now(), last_log_step = state.step;
     }
 
     if (config.eval.every > 0 && hooks.fid && state.step % config.eval.every == 0) {
@@ -261,7 +269,7 @@ void train(const Config& config, MpiSession& session, const TrainingHooks& hooks
     }
 
     // One tiny all-reduce per step: every rank stops at the same step if any rank was signalled.
-    const bool stop = comm->allreduce_sum({pending_stop_signal() != 0 ? 1.0 : 0.0})[0] > 0;
+    const bool stop = comm->allreduce_sum({pending_stop_signal() != 0 ? 1.0 : 0.0}, "stop flag")[0] > 0;
     if (stop || state.step % config.checkpoint.every == 0 || state.step == config.train.max_steps) {
       require_identical_weights(*comm, *net, "checkpoint at step " + std::to_string(state.step));
       CheckpointContents contents{*net, *ema_net, optimizer};

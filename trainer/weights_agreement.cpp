@@ -19,7 +19,7 @@ void require_identical_weights(Communicator& comm, torch::nn::Module& module, co
     local.push_back(piece);
     local.push_back(piece * piece);
   }
-  const auto sums = comm.allreduce_sum(local);
+  const auto sums = comm.allreduce_sum(local, "weights fingerprint: " + what);
   const double n = comm.world_size();
   for (size_t i = 0; i < local.size(); ++i)
     if (sums[i] != n * local[i])
