@@ -1,7 +1,7 @@
 # End-to-end tests of the difftrain binary (Python driver; Debian's python3-h5py).
-foreach(case BadInput TwoRanks DataParallel Precision Export Evaluation Preemption Resume)
+foreach(case BadInput TwoRanks DataParallel FailureHandling Precision Export Evaluation Preemption Resume)
   add_test(NAME cli.${case}
     COMMAND ${DIFFTRAIN_PYTHON} ${CMAKE_CURRENT_LIST_DIR}/cli_tests.py $<TARGET_FILE:difftrain> ${case})
   set_tests_properties(cli.${case} PROPERTIES TIMEOUT 600)
 endforeach()
-set_tests_properties(cli.TwoRanks cli.DataParallel cli.Evaluation cli.Preemption PROPERTIES PROCESSORS 2)
+set_tests_properties(cli.TwoRanks cli.DataParallel cli.FailureHandling cli.Evaluation cli.Preemption PROPERTIES PROCESSORS 2)

@@ -314,27 +314,114 @@ class Evaluation(Workdir):
 
 
 class DataParallel(Workdir):
-    def test_two_ranks_of_batch_b_train_like_one_rank_of_batch_2b(self):
+    def test_ranks_micro_batches_and_buckets_do_not_change_the_training(self):
+        """1 rank x batch 8 = 2 ranks x 4 (many small buckets) = 1 rank x 4 x 2 accumulated = 2 ranks x 2 x 2."""
         def weights(run_dir):
             import torch
             m = torch.jit.load(str(self.dir / run_dir / "checkpoints" / "step-000000008" / "model.pt"))
             return {k: v.detach().clone() for k, v in m.named_parameters()}
 
+        def train(ranks, run_dir, *extra, data_dir="data"):
+            args = [BINARY] + self.train_args(*common, *extra, run_dir=run_dir, data_dir=data_dir)
+            r = subprocess.run((MPIRUN + ["-np", str(ranks)] if ranks > 1 else []) + args, capture_output=True,
+                               text=True, timeout=300)
+            self.assertEqual(r.returncode, 0, r.stdout[-2000:] + r.stderr[-2000:])
+            return r.stdout
+
         common = ("train.max_steps=8", "checkpoint.every=8", "train.cond_dropout=0.5", "train.warmup_steps=0")
-        r = run(self.train_args(*common, "train.batch_size=8", run_dir="one"))
+        train(1, "one", "train.batch_size=8")
+        out = train(2, "two", "train.batch_size=4", "distributed.bucket_mb=0.02")
+        buckets = int(out.split("gradients: ")[1].split()[0])
+        self.assertGreater(buckets, 5, out)
+        train(1, "accum", "train.batch_size=4", "train.grad_accum_steps=2")
+        train(2, "two-accum", "train.batch_size=2", "train.grad_accum_steps=2")
+        train(1, "other-seed", "train.batch_size=8", "run.seed=4", data_dir="data4")
+        one = weights("one")
+        control = max((one[k] - weights("other-seed")[k]).abs().max().item() for k in one)
+        for run_dir in ("two", "accum", "two-accum"):
+            other = weights(run_dir)
+            worst = max((one[k] - other[k]).abs().max().item() for k in one)
+            # Equal up to the order of float summation; a different seed moves the weights by far more.
+            self.assertLess(worst, 1e-4, f"{run_dir}: max weight difference {worst}")
+            self.assertGreater(control, 100 * max(worst, 1e-7), f"{run_dir}: control difference {control}")
+        state = json.loads((self.dir / "two-accum" / "checkpoints" / "step-000000008" / "state.json").read_text())
+        self.assertEqual(state["images_seen"], 8 * 2 * 2 * 2)
+
+
+def rank_pids(mpirun_pid, ranks, deadline=60):
+    """The pids of mpirun's rank processes, by MPI rank (Open MPI puts it in each one's environment)."""
+    end = time.time() + deadline
+    while time.time() < end:
+        found = {}
+        for child in pathlib.Path(f"/proc/{mpirun_pid}/task/{mpirun_pid}/children").read_text().split():
+            try:
+                env = pathlib.Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            for entry in env:
+                if entry.startswith(b"OMPI_COMM_WORLD_RANK="):
+                    found[int(entry.split(b"=")[1])] = int(child)
+        if len(found) == ranks:
+            return found
+        time.sleep(0.1)
+    raise AssertionError("rank processes not found")
+
+
+class FailureHandling(Workdir):
+    """One rank fails in a real training run: the job never hangs, and nothing already saved is lost."""
+
+    def start(self, ranks, run_dir, *extra):
+        args = MPIRUN + ["-np", str(ranks), BINARY] + self.train_args(
+            "train.max_steps=5000", "checkpoint.every=10", "distributed.timeout_seconds=5", *extra, run_dir=run_dir)
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        log = self.dir / run_dir / "metrics.jsonl"
+        deadline = time.time() + 120
+        while not (log.exists() and any(json.loads(l)["step"] >= 10 for l in log.read_text().splitlines() if l)):
+            self.assertLess(time.time(), deadline, "training made no progress")
+            if proc.poll() is not None:
+                self.fail("training ended early: " + proc.stderr.read()[-2000:])
+            time.sleep(0.05)
+        return proc, rank_pids(proc.pid, ranks)
+
+    def finish(self, proc, limit):
+        start = time.monotonic()
+        out, err = proc.communicate(timeout=limit + 60)
+        return out, err, time.monotonic() - start
+
+    def test_a_stopped_rank_is_named_and_the_job_ends_within_the_timeout(self):
+        proc, pids = self.start(3, "stopped")
+        os.kill(pids[2], signal.SIGSTOP)  # hung: neither dead nor answering
+        out, err, seconds = self.finish(proc, 30)
+        self.assertNotEqual(proc.returncode, 0, err[-2000:])
+        self.assertLess(seconds, 5 + 25, "the job outlived the 5 s timeout by far")
+        self.assertIn("did not complete within 5 s", err)
+        self.assertIn("rank 2 did not join collective", err)
+        self.assertNotIn("training done", out)
+
+    def test_kill9_of_one_rank_ends_the_job_and_resume_loses_nothing(self):
+        proc, pids = self.start(2, "killed")
+        os.kill(pids[1], signal.SIGKILL)
+        out, err, seconds = self.finish(proc, 30)
+        self.assertNotEqual(proc.returncode, 0, err[-2000:])
+        self.assertLess(seconds, 30)
+        r = run(["checkpoint-info", str(self.dir / "killed")])
         self.assertEqual(r.returncode, 0, r.stderr)
-        r = subprocess.run(MPIRUN + ["-np", "2", BINARY] + self.train_args(*common, "train.batch_size=4",
-                                                                           run_dir="two"),
+        newest = int(dict(l.split(" ", 1) for l in r.stdout.splitlines())["step"])
+        self.assertGreaterEqual(newest, 10)
+        r = subprocess.run(MPIRUN + ["-np", "2", BINARY] + self.train_args(f"train.max_steps={newest + 5}",
+                                                                           run_dir="killed"),
                            capture_output=True, text=True, timeout=300)
         self.assertEqual(r.returncode, 0, r.stderr[-2000:])
-        r = run(self.train_args(*common, "train.batch_size=8", "run.seed=4", run_dir="other-seed", data_dir="data4"))
-        self.assertEqual(r.returncode, 0, r.stderr)
-        one, two, other = weights("one"), weights("two"), weights("other-seed")
-        worst = max((one[k] - two[k]).abs().max().item() for k in one)
-        control = max((one[k] - other[k]).abs().max().item() for k in one)
-        # Equal up to the order of float summation; a different seed moves the weights by far more.
-        self.assertLess(worst, 1e-4, f"max weight difference {worst}")
-        self.assertGreater(control, 100 * max(worst, 1e-7), f"control difference {control}")
+        self.assertIn(f"resumed from", r.stdout)
+        self.assertIn(f"at step {newest}", r.stdout)
+
+    def test_sigusr1_to_one_rank_stops_every_rank_at_one_step(self):
+        proc, pids = self.start(2, "one-signal")
+        os.kill(pids[1], signal.SIGUSR1)  # not through mpirun: only rank 1 knows
+        out, err, _ = self.finish(proc, 60)
+        self.assertEqual(proc.returncode, 0, err[-2000:])
+        step = int(next(l for l in out.splitlines() if "stopping at step" in l).split("stopping at step ")[1].split()[0])
+        self.assertTrue((self.dir / "one-signal" / "checkpoints" / f"step-{step:09d}" / "state.json").exists())
 
 
 class Preemption(Workdir):

@@ -250,7 +250,7 @@ TEST(GrafanaDashboard, ParsesAndUsesOnlyExportedMetrics) {
   dm::TrainingMetrics metrics("127.0.0.1:0", 0);
   metrics.record_step(example_step());
   const std::set<std::string> exported = difftrain_names(scrape(metrics));
-  ASSERT_EQ(exported.size(), 11u);
+  ASSERT_EQ(exported.size(), 12u);
 
   std::ifstream file(DIFFTRAIN_DASHBOARD_JSON);
   ASSERT_TRUE(file) << "cannot open the dashboard";

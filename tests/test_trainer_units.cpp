@@ -9,10 +9,12 @@
 #include "trainer/checkpoint.h"
 #include "trainer/communicator.h"
 #include "trainer/ema.h"
+#include "trainer/gradient_reducer.h"
 #include "trainer/loss_scaler.h"
 #include "trainer/lr_schedule.h"
 #include "trainer/mpi_session.h"
 #include "trainer/sample_draws.h"
+#include "trainer/stall_report.h"
 
 namespace fs = std::filesystem;
 using namespace difftrain;
@@ -124,6 +126,71 @@ TEST(SampleDraws, DependOnTheSampleNotOnRanksOrBatchSize) {
   EXPECT_NEAR(many.drop.to(torch::kFloat64).mean().item<double>(), 0.1, 0.015);
   EXPECT_GE(many.timesteps.min().item<int64_t>(), 0);
   EXPECT_LT(many.timesteps.max().item<int64_t>(), 1000);
+}
+
+
+TEST(PlanBuckets, ReverseOrderFilledUpToTheCapAndBigParametersAlone) {
+  // bytes of parameters 0..5; backward produces the last first.
+  const std::vector<int64_t> bytes = {10, 30, 100, 20, 20, 5};
+  const std::vector<std::vector<size_t>> expected = {{5, 4, 3}, {2}, {1, 0}};
+  EXPECT_EQ(plan_buckets(bytes, 50, 1000), expected);
+  const std::vector<std::vector<size_t>> one = {{5, 4, 3, 2, 1, 0}};
+  EXPECT_EQ(plan_buckets(bytes, 1000, 1000), one);  // the cap above the model: one bucket
+  const std::vector<std::vector<size_t>> small_first = {{5}, {4, 3, 2, 1, 0}};
+  EXPECT_EQ(plan_buckets(bytes, 1000, 10), small_first);  // the first bucket has its own, smaller cap
+  const auto each = plan_buckets(bytes, 1, 1);
+  EXPECT_EQ(each.size(), bytes.size());  // every parameter over the cap: one bucket each
+  EXPECT_THROW(plan_buckets(bytes, 0, 1), std::invalid_argument);
+}
+
+TEST(ArrivalBoard, NamesTheRanksThatDidNotJoinAndWhatTheyLastJoined) {
+  ArrivalBoard board(4);
+  board.name(6, "stop flag");
+  board.name(7, "gradients: bucket 1 of 2");
+  for (int r : {0, 1, 2, 3}) board.arrive(r, 6);
+  board.arrive(0, 7);
+  board.arrive(2, 7);
+  EXPECT_EQ(board.missing(7), (std::vector<int>{1, 3}));
+  EXPECT_EQ(board.describe_stall(7),
+            "ranks 1 and 3 did not join collective #7 'gradients: bucket 1 of 2' (rank 1: last joined #6 'stop "
+            "flag'; rank 3: last joined #6 'stop flag')");
+  board.arrive(1, 7);
+  board.arrive(3, 7);
+  EXPECT_TRUE(board.missing(7).empty());
+  EXPECT_NE(board.describe_stall(7).find("every rank joined"), std::string::npos);
+  ArrivalBoard fresh(2);
+  EXPECT_NE(fresh.describe_stall(0).find("rank 0: joined none yet"), std::string::npos);
+  EXPECT_EQ(list_ranks({2, 5, 9}), "2, 5 and 9");
+}
+
+TEST(GradientReducer, OneRankGradientsAreBucketViewsThatAccumulate) {
+  auto comm = make_communicator(*g_session, torch::kCPU);
+  torch::manual_seed(0);
+  torch::nn::Sequential net(torch::nn::Linear(4, 8), torch::nn::Tanh(), torch::nn::Linear(8, 3));
+  auto params = net->parameters();
+  auto reference = torch::nn::Sequential(torch::nn::Linear(4, 8), torch::nn::Tanh(), torch::nn::Linear(8, 3));
+  {
+    torch::NoGradGuard g;
+    for (size_t k = 0; k < params.size(); ++k) reference->parameters()[k].copy_(params[k]);
+  }
+  GradientReducer reducer(params, *comm, /*cap bytes*/ 64, 64);  // several buckets
+  EXPECT_GT(reducer.bucket_count(), 1u);
+  const auto x1 = torch::randn({5, 4}), x2 = torch::randn({5, 4});
+  reducer.zero_grad();
+  reducer.begin_backward(false);
+  net->forward(x1).sum().backward();
+  reducer.begin_backward(true);
+  net->forward(x2).sum().backward();
+  reducer.finish();
+  (reference->forward(x1).sum() + reference->forward(x2).sum()).backward();
+  for (size_t k = 0; k < params.size(); ++k) {
+    EXPECT_TRUE(torch::allclose(reducer.gradients()[k], reference->parameters()[k].grad(), 1e-6, 1e-6)) << k;
+    EXPECT_EQ(params[k].grad().data_ptr(), reducer.gradients()[k].data_ptr()) << "grad is not the bucket view";
+  }
+  EXPECT_EQ(reducer.last_step().buckets, static_cast<int64_t>(reducer.bucket_count()));
+  reducer.zero_grad();
+  for (const auto& g : reducer.gradients()) EXPECT_EQ(g.abs().sum().item<double>(), 0.0);
+  EXPECT_THROW(reducer.finish(), std::logic_error);  // finish without a synchronising backward
 }
 
 int main(int argc, char** argv) {

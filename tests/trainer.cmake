@@ -40,3 +40,15 @@ if(NOT DIFFTRAIN_WITH_NCCL AND DIFFTRAIN_NCCL_HEADER_DIR AND EXISTS ${DIFFTRAIN_
             ${CMAKE_SOURCE_DIR}/trainer/nccl_communicator.cpp)
   set_tests_properties(nccl_backend_compiles PROPERTIES TIMEOUT 180)
 endif()
+
+# Failure never hangs: a 3-rank drill where one rank hangs, throws or is killed.
+add_executable(mpi_failure_drill ${CMAKE_CURRENT_LIST_DIR}/mpi_failure_drill.cpp)
+difftrain_use_torch_pch(mpi_failure_drill)
+target_link_libraries(mpi_failure_drill PRIVATE difftrain_trainer)
+foreach(case test_a_hung_rank_is_named_by_rank0 test_a_rank0_whose_training_thread_hangs_is_reported_by_the_others
+             test_an_exception_in_one_rank_ends_every_rank test_a_killed_rank_ends_the_job)
+  add_test(NAME failures.${case}
+    COMMAND ${DIFFTRAIN_PYTHON} ${CMAKE_CURRENT_LIST_DIR}/failure_tests.py $<TARGET_FILE:mpi_failure_drill>
+            Failures.${case})
+  set_tests_properties(failures.${case} PROPERTIES TIMEOUT 180 PROCESSORS 2)
+endforeach()

@@ -51,6 +51,7 @@ void visit_config_fields(Config& c, Visitor&& v) {
   v("train.threads", c.train.threads);
   v("train.log_every", c.train.log_every);
   v("distributed.bucket_mb", c.distributed.bucket_mb);
+  v("distributed.first_bucket_mb", c.distributed.first_bucket_mb);
   v("distributed.timeout_seconds", c.distributed.timeout_seconds);
   v("checkpoint.every", c.checkpoint.every);
   v("checkpoint.keep", c.checkpoint.keep);
@@ -306,6 +307,7 @@ void validate_config(const Config& c) {
   require(c.train.batch_size >= 1, "train.batch_size", c.train.batch_size, ">= 1");
   require(c.train.grad_accum_steps >= 1, "train.grad_accum_steps", c.train.grad_accum_steps, ">= 1");
   require(c.distributed.bucket_mb > 0, "distributed.bucket_mb", c.distributed.bucket_mb, "> 0");
+  require(c.distributed.first_bucket_mb > 0, "distributed.first_bucket_mb", c.distributed.first_bucket_mb, "> 0");
   require(c.distributed.timeout_seconds > 0, "distributed.timeout_seconds", c.distributed.timeout_seconds, "> 0");
   require(c.train.max_steps >= 1, "train.max_steps", c.train.max_steps, ">= 1");
   require(c.train.lr > 0, "train.lr", c.train.lr, "> 0");

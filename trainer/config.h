@@ -71,6 +71,7 @@ struct TrainConfig {
 // Data-parallel training (trainer/gradient_reducer.h, trainer/mpi_worker.h).
 struct DistributedConfig {
   double bucket_mb = 25;           // gradient bucket size: each bucket is all-reduced as soon as it is ready
+  double first_bucket_mb = 1;      // the first bucket (last layers, ready first) is smaller, to start early
   double timeout_seconds = 600;    // a collective not complete after this ends the job, naming absent ranks
 };
 

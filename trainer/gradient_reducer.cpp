@@ -5,6 +5,7 @@
 #include <torch/csrc/autograd/variable.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <chrono>
 #include <stdexcept>
 
@@ -12,13 +13,15 @@
 
 namespace difftrain {
 
-std::vector<std::vector<size_t>> plan_buckets(const std::vector<int64_t>& parameter_bytes, int64_t cap_bytes) {
-  if (cap_bytes <= 0) throw std::invalid_argument("bucket capacity must be > 0 bytes");
+std::vector<std::vector<size_t>> plan_buckets(const std::vector<int64_t>& parameter_bytes, int64_t cap_bytes,
+                                              int64_t first_cap_bytes) {
+  if (cap_bytes <= 0 || first_cap_bytes <= 0) throw std::invalid_argument("bucket capacity must be > 0 bytes");
   std::vector<std::vector<size_t>> buckets;
   int64_t filled = 0;
   for (size_t k = parameter_bytes.size(); k-- > 0;) {
     const int64_t bytes = parameter_bytes[k];
-    if (buckets.empty() || (filled > 0 && filled + bytes > cap_bytes)) {
+    const int64_t cap = buckets.size() == 1 ? std::min(cap_bytes, first_cap_bytes) : cap_bytes;
+    if (buckets.empty() || (filled > 0 && filled + bytes > cap)) {
       buckets.emplace_back();
       filled = 0;
     }
@@ -44,7 +47,7 @@ class GradientReducer::ReadyHook final : public torch::autograd::FunctionPostHoo
 };
 
 GradientReducer::GradientReducer(const std::vector<torch::Tensor>& parameters, Communicator& comm,
-                                 int64_t bucket_cap_bytes)
+                                 int64_t bucket_cap_bytes, int64_t first_bucket_cap_bytes)
     : comm_(comm), parameters_(parameters) {
   if (parameters_.empty()) throw std::invalid_argument("GradientReducer: no parameters");
   std::vector<int64_t> bytes;
@@ -54,7 +57,7 @@ GradientReducer::GradientReducer(const std::vector<torch::Tensor>& parameters, C
                 "GradientReducer: parameters must share one dtype and device");
     bytes.push_back(p.numel() * static_cast<int64_t>(p.element_size()));
   }
-  const auto plan = plan_buckets(bytes, bucket_cap_bytes);
+  const auto plan = plan_buckets(bytes, bucket_cap_bytes, first_bucket_cap_bytes);
   gradients_.resize(parameters_.size());
   bucket_of_.resize(parameters_.size());
   ready_.assign(parameters_.size(), false);

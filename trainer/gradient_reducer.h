@@ -3,7 +3,9 @@
 //
 // - Buckets: parameters are grouped, in reverse registration order (the order
 //   in which backward produces their gradients), into buckets of at most
-//   `bucket_cap_bytes` (distributed.bucket_mb, default 25 MB).
+//   `bucket_cap_bytes` (distributed.bucket_mb, default 25 MB); the first one
+//   (the last layers, whose gradients come first) at most
+//   distributed.first_bucket_mb (1 MB, as in DDP).
 // - Gradients are views into the buckets: each parameter's .grad is a slice
 //   of its bucket's flat buffer, so autograd accumulates straight into the
 //   buffer that is all-reduced and the averaged values need no copy back.
@@ -44,7 +46,10 @@ class PendingCollective;
 
 // Parameter indices per bucket, buckets in launch order: parameters from last to first,
 // each bucket filled up to `cap_bytes`; a parameter larger than the cap gets its own bucket.
-std::vector<std::vector<size_t>> plan_buckets(const std::vector<int64_t>& parameter_bytes, int64_t cap_bytes);
+// The first bucket is capped at `first_cap_bytes` as well, so communication starts
+// early in backward (DDP's 1 MB first bucket, dist._DEFAULT_FIRST_BUCKET_BYTES).
+std::vector<std::vector<size_t>> plan_buckets(const std::vector<int64_t>& parameter_bytes, int64_t cap_bytes,
+                                              int64_t first_cap_bytes);
 
 struct ReducerStepStats {
   double wait_seconds = 0;           // finish(): the training thread waiting on communication
@@ -56,7 +61,8 @@ struct ReducerStepStats {
 class GradientReducer {
  public:
   // `parameters` must be contiguous, of one dtype and device, and stay in place (no .to()).
-  GradientReducer(const std::vector<torch::Tensor>& parameters, Communicator& comm, int64_t bucket_cap_bytes);
+  GradientReducer(const std::vector<torch::Tensor>& parameters, Communicator& comm, int64_t bucket_cap_bytes,
+                  int64_t first_bucket_cap_bytes);
   ~GradientReducer();
   GradientReducer(const GradientReducer&) = delete;
   GradientReducer& operator=(const GradientReducer&) = delete;

@@ -132,10 +132,16 @@ void train(const Config& config, MpiSession& session, const TrainingHooks& hooks
   comm->broadcast(net->parameters(), 0, "initial weights");
   comm->broadcast(ema_net->parameters(), 0, "initial EMA weights");
   // After the weights are final and in place: gradients become views into its buckets.
-  GradientReducer reducer(params, *comm, static_cast<int64_t>(config.distributed.bucket_mb * 1e6));
-  if (lead)
-    spdlog::info("gradients: {} bucket(s) of at most {} MB, all-reduced during backward; {} micro-batch(es) per step",
-                 reducer.bucket_count(), config.distributed.bucket_mb, config.train.grad_accum_steps);
+  GradientReducer reducer(params, *comm, static_cast<int64_t>(config.distributed.bucket_mb * 1e6),
+                          static_cast<int64_t>(config.distributed.first_bucket_mb * 1e6));
+  if (lead) {
+    int64_t parameter_count = 0;
+    for (const auto& p : params) parameter_count += p.numel();
+    spdlog::info("gradients: {} bucket(s) for {} parameters ({:.2f} MB), first <= {} MB, others <= {} MB, "
+                 "all-reduced during backward; {} micro-batch(es) per step",
+                 reducer.bucket_count(), parameter_count, static_cast<double>(parameter_count) * 4e-6,
+                 config.distributed.first_bucket_mb, config.distributed.bucket_mb, config.train.grad_accum_steps);
+  }
 
   // Samples all ranks consume per loader batch; an optimizer step takes grad_accum_steps of them.
   const int64_t global_batch = config.train.batch_size * comm->world_size();
