@@ -8,7 +8,7 @@ packages=(
   libopenmpi-dev openmpi-bin                # MPI
   libhdf5-dev libyaml-cpp-dev prometheus-cpp-dev libgtest-dev libcli11-dev
   libspdlog-dev nlohmann-json3-dev libgd-dev
-  curl
+  curl iproute2 bc                          # iproute2, bc: launch/multihost_demo.sh
 )
 if [[ ${1:-} == --tests ]]; then
   packages+=(python3-h5py python3-numpy python3-scipy python3-torch python3-torchvision)

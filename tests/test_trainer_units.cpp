@@ -157,7 +157,14 @@ TEST(ArrivalBoard, NamesTheRanksThatDidNotJoinAndWhatTheyLastJoined) {
   board.arrive(1, 7);
   board.arrive(3, 7);
   EXPECT_TRUE(board.missing(7).empty());
-  EXPECT_NE(board.describe_stall(7).find("every rank joined"), std::string::npos);
+  EXPECT_EQ(board.describe_stall(7),
+            "every rank joined collective #7 'gradients: bucket 1 of 2', yet it did not complete: a network link "
+            "between ranks is down or too slow");
+  EXPECT_EQ(board.describe_stall(7, {2}),
+            "every rank joined collective #7 'gradients: bucket 1 of 2', yet it did not complete; rank 2 does not "
+            "answer at all (stopped, crashed or unreachable)");
+  EXPECT_EQ(board.describe_stall(8, {1, 3}).substr(0, 41), "ranks 0, 1, 2 and 3 did not join collecti");
+  EXPECT_NE(board.describe_stall(8, {1, 3}).find("; ranks 1 and 3 do not answer at all"), std::string::npos);
   ArrivalBoard fresh(2);
   EXPECT_NE(fresh.describe_stall(0).find("rank 0: joined none yet"), std::string::npos);
   EXPECT_EQ(list_ranks({2, 5, 9}), "2, 5 and 9");

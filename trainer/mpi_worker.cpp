@@ -13,8 +13,12 @@ using Clock = std::chrono::steady_clock;
 constexpr int kArrivalTag = 1;  // int64 seq: "I entered collective seq" (to rank 0)
 constexpr int kQueryTag = 2;    // int64 seq: "who did not join seq?" (to rank 0)
 constexpr int kReplyTag = 3;    // text: rank 0's answer
+constexpr int kPingTag = 4;     // int64 token: "are you there?" (from rank 0)
+constexpr int kPongTag = 5;     // int64 token: "yes" (to rank 0)
 
-// How long a rank whose collective timed out waits for rank 0's account.
+// How long rank 0 waits for a ping's answers, and a rank whose collective timed
+// out for rank 0's account (which includes a ping).
+constexpr double kPingGraceSeconds = 2.0;
 constexpr double kReplyGraceSeconds = 5.0;
 // How often an idle worker looks at the watch communicator.
 constexpr auto kIdleServiceInterval = std::chrono::milliseconds(5);
@@ -100,6 +104,7 @@ MpiWorker::MpiWorker(double timeout_seconds) : timeout_seconds_(timeout_seconds)
   MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
   MPI_Comm_size(MPI_COMM_WORLD, &world_size_);
   board_ = ArrivalBoard(world_size_);
+  pongs_.assign(static_cast<size_t>(world_size_), -1);
   MPI_Comm_dup(MPI_COMM_WORLD, &collectives_);
   MPI_Comm_dup(MPI_COMM_WORLD, &watch_);
   // Errors come back as codes, so they become CollectiveErrors naming the operation.
@@ -181,6 +186,7 @@ void MpiWorker::run() {
     }
     if (!item) {
       service_watch();
+      answer_queries();
       continue;
     }
     switch (item->kind) {
@@ -188,7 +194,7 @@ void MpiWorker::run() {
         announce(item->seq, item->what);
         break;
       case Item::Kind::kQuery:
-        item->answer.set_value(rank_ == 0 ? board_.describe_stall(item->seq) : ask_rank0(item->seq));
+        item->answer.set_value(rank_ == 0 ? board_.describe_stall(item->seq, silent_ranks()) : ask_rank0(item->seq));
         break;
       case Item::Kind::kCollective:
         run_collective(*item);
@@ -229,28 +235,58 @@ void MpiWorker::service_watch() {
     else
       ++it;
   }
-  if (rank_ != 0) return;
   for (;;) {
     int flag = 0;
     MPI_Status status;
-    if (MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, watch_, &flag, &status) != MPI_SUCCESS || !flag) return;
-    int64_t seq = -1;
-    if (status.MPI_TAG != kArrivalTag && status.MPI_TAG != kQueryTag) {
-      // Not for rank 0 (cannot happen); receive it so it does not block the probe.
+    // Rank 0 hears from everyone; the others only answer rank 0's pings (its replies are
+    // received in ask_rank0).
+    if (rank_ == 0) {
+      if (MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, watch_, &flag, &status) != MPI_SUCCESS || !flag) return;
+    } else if (MPI_Iprobe(0, kPingTag, watch_, &flag, &status) != MPI_SUCCESS || !flag) {
+      return;
+    }
+    const int tag = status.MPI_TAG, source = status.MPI_SOURCE;
+    if (tag == kReplyTag) {  // not for rank 0 (cannot happen): receive it so it does not block the probe
       int count = 0;
       MPI_Get_count(&status, MPI_BYTE, &count);
       std::vector<char> sink(static_cast<size_t>(std::max(count, 1)));
-      MPI_Recv(sink.data(), count, MPI_BYTE, status.MPI_SOURCE, status.MPI_TAG, watch_, MPI_STATUS_IGNORE);
+      MPI_Recv(sink.data(), count, MPI_BYTE, source, tag, watch_, MPI_STATUS_IGNORE);
       continue;
     }
-    MPI_Recv(&seq, sizeof seq, MPI_BYTE, status.MPI_SOURCE, status.MPI_TAG, watch_, MPI_STATUS_IGNORE);
-    if (status.MPI_TAG == kArrivalTag) {
-      board_.arrive(status.MPI_SOURCE, seq);
-    } else {
-      const std::string text = board_.describe_stall(seq);
-      send_watch(status.MPI_SOURCE, kReplyTag, std::vector<char>(text.begin(), text.end()));
-    }
+    int64_t value = -1;
+    MPI_Recv(&value, sizeof value, MPI_BYTE, source, tag, watch_, MPI_STATUS_IGNORE);
+    if (tag == kArrivalTag) board_.arrive(source, value);
+    else if (tag == kQueryTag) queries_.emplace_back(source, value);
+    else if (tag == kPongTag) pongs_[static_cast<size_t>(source)] = value;
+    else if (tag == kPingTag) send_watch(0, kPongTag, int64_payload(value));
   }
+}
+
+std::vector<int> MpiWorker::silent_ranks() {
+  const int64_t token = ++ping_token_;
+  for (int r = 1; r < world_size_; ++r) send_watch(r, kPingTag, int64_payload(token));
+  const auto deadline = Clock::now() + std::chrono::duration<double>(kPingGraceSeconds);
+  auto silent = [&] {
+    std::vector<int> out;
+    for (int r = 1; r < world_size_; ++r)
+      if (pongs_[static_cast<size_t>(r)] != token) out.push_back(r);
+    return out;
+  };
+  while (!silent().empty() && Clock::now() < deadline) {
+    service_watch();
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return silent();
+}
+
+void MpiWorker::answer_queries() {
+  if (rank_ != 0 || queries_.empty()) return;
+  const auto silent = silent_ranks();  // one ping for every query waiting
+  for (const auto& [asker, seq] : queries_) {
+    const std::string text = board_.describe_stall(seq, silent);
+    send_watch(asker, kReplyTag, std::vector<char>(text.begin(), text.end()));
+  }
+  queries_.clear();
 }
 
 std::string MpiWorker::ask_rank0(int64_t seq) {
@@ -296,8 +332,10 @@ void MpiWorker::run_collective(Item& item) {
       return;
     }
     service_watch();
+    answer_queries();
     if (Clock::now() >= deadline) {
-      const std::string report = rank_ == 0 ? board_.describe_stall(item.seq) : ask_rank0(item.seq);
+      const std::string report =
+          rank_ == 0 ? board_.describe_stall(item.seq, silent_ranks()) : ask_rank0(item.seq);
       broken_ = label + " did not complete within " + seconds_text(timeout_seconds_) + " s on rank " +
                 std::to_string(rank_) + " (distributed.timeout_seconds): " + report;
       item.ticket->finish(std::chrono::duration<double>(Clock::now() - start).count(), broken_);

@@ -14,7 +14,9 @@
 // Failure never hangs. Every collective has a number (0, 1, 2, ... in program
 // order). On entering one, each rank tells rank 0 its number; rank 0's worker
 // keeps an ArrivalBoard (trainer/stall_report.h) and answers questions about
-// it, even while its own main thread is busy or stuck. A collective that has
+// it, even while its own main thread is busy or stuck. Before it describes a
+// stall, rank 0 pings every rank's worker: one that does not answer within
+// 2 s is named as stopped, crashed or unreachable. A collective that has
 // not completed `timeout_seconds` after this rank entered it fails: the
 // ticket's wait() throws CollectiveError naming the operation, and, from rank
 // 0's board, the ranks that did not join. The caller then ends the job
@@ -99,7 +101,9 @@ class MpiWorker {
   void run();
   void run_collective(Item& item);
   void announce(int64_t seq, const std::string& what);
-  void service_watch();  // completes our sends; on rank 0 drains arrivals and answers queries
+  void service_watch();   // completes our sends; receives arrivals, pings, pongs, queries
+  void answer_queries();  // rank 0: replies to the queries service_watch collected
+  std::vector<int> silent_ranks();  // rank 0: ranks whose worker does not answer a ping
   std::string ask_rank0(int64_t seq);
   void send_watch(int destination, int tag, std::vector<char> payload);
   void fail_broken(Item& item);
@@ -122,6 +126,9 @@ class MpiWorker {
     MPI_Request request;
   };
   std::deque<PendingSend> sends_;
+  std::vector<std::pair<int, int64_t>> queries_;  // rank 0: (asking rank, seq) not yet answered
+  std::vector<int64_t> pongs_;                    // rank 0: (world) latest ping token each rank answered
+  int64_t ping_token_ = 0;
   std::string broken_;  // the first failure; non-empty = every later collective fails
 
   std::thread thread_;  // last: starts after every field above is ready

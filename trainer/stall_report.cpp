@@ -28,20 +28,28 @@ std::string ArrivalBoard::label(int64_t seq) const {
   return "#" + std::to_string(seq) + (it == names_.end() ? "" : " '" + it->second + "'");
 }
 
-std::string ArrivalBoard::describe_stall(int64_t seq) const {
+std::string ArrivalBoard::describe_stall(int64_t seq, const std::vector<int>& silent) const {
   const auto absent = missing(seq);
-  if (absent.empty())
-    return "every rank joined collective " + label(seq) +
-           ", yet it did not complete: a network link between ranks is down or too slow";
-  std::string text = (absent.size() == 1 ? "rank " : "ranks ") + list_ranks(absent) + " did not join collective " +
-                     label(seq) + " (";
-  for (size_t i = 0; i < absent.size(); ++i) {
-    const int64_t last = latest_[absent[i]];
-    if (i) text += "; ";
-    text += "rank " + std::to_string(absent[i]) + ": " +
-            (last < 0 ? std::string("joined none yet") : "last joined " + label(last));
+  std::string text;
+  if (absent.empty()) {
+    text = "every rank joined collective " + label(seq) + ", yet it did not complete";
+  } else {
+    text = (absent.size() == 1 ? "rank " : "ranks ") + list_ranks(absent) + " did not join collective " +
+           label(seq) + " (";
+    for (size_t i = 0; i < absent.size(); ++i) {
+      const int64_t last = latest_[absent[i]];
+      if (i) text += "; ";
+      text += "rank " + std::to_string(absent[i]) + ": " +
+              (last < 0 ? std::string("joined none yet") : "last joined " + label(last));
+    }
+    text += ")";
   }
-  return text + ")";
+  if (!silent.empty())
+    text += std::string("; ") + (silent.size() == 1 ? "rank " : "ranks ") + list_ranks(silent) +
+            (silent.size() == 1 ? " does" : " do") + " not answer at all (stopped, crashed or unreachable)";
+  else if (absent.empty())
+    text += ": a network link between ranks is down or too slow";
+  return text;
 }
 
 std::string list_ranks(const std::vector<int>& ranks) {

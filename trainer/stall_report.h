@@ -1,7 +1,8 @@
 // Who did not join a collective: the stall inspector's bookkeeping (as in
 // Horovod's stall inspector). Every rank tells rank 0 the sequence number of
 // each collective it enters; when one does not complete within the timeout,
-// rank 0 names the ranks whose latest arrival is older than it.
+// rank 0 names the ranks whose latest arrival is older than it, and pings every
+// rank to name those that do not answer at all.
 // Pure bookkeeping, no MPI: trainer/mpi_worker.cpp feeds it.
 #pragma once
 
@@ -25,8 +26,9 @@ class ArrivalBoard {
   std::vector<int> missing(int64_t seq) const;
   int64_t latest(int rank) const { return latest_[rank]; }  // -1: none yet
 
-  // One sentence: which ranks did not join `seq`, and the last collective each did join.
-  std::string describe_stall(int64_t seq) const;
+  // One sentence: which ranks did not join `seq` and the last collective each did join, and
+  // which ranks did not answer a ping at all (`silent`: stopped, crashed or unreachable).
+  std::string describe_stall(int64_t seq, const std::vector<int>& silent = {}) const;
 
  private:
   std::string label(int64_t seq) const;  // "#12 'gradients: bucket 2 of 5'" or "#12"
