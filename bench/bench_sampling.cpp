@@ -65,7 +65,7 @@ int main(int argc, char** argv) {
   torch::set_num_threads(threads);
   torch::manual_seed(0);
   const Config config = load_config(config_path, {});
-  model::UNet net(model::unet_options_from(config.model, config.data.image_size));
+  model::UNet net(model::unet_options_from(config.model, config.data.image_size, config.data.channels));
   net->eval();
   torch::NoGradGuard no_grad;
   const auto schedule = diffusion::make_schedule(config.diffusion.schedule, config.diffusion.timesteps);

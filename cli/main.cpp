@@ -5,23 +5,30 @@
 //   colour-match   fraction of sampled images showing their prompt's colour
 //   eval           fid-ref | fid | sweep (FID against NFE for samplers x steps x guidance)
 //   export         a checkpoint's EMA model as a TorchScript denoiser
-//   features       train the built-in FID feature extractor for the synthetic shapes
+//   features       train the built-in FID feature extractor for the synthetic shapes,
+//                  or (--data) a feature extractor + classifier for any labelled shard set
+//   class-match    per-class accuracy of sampled images under such a classifier
 //   checkpoint-info  step, images seen and weight fingerprints of a checkpoint
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <optional>
 
 #include "data/synthetic_shapes.h"
+#include "eval/atomic_write.h"
+#include "eval/class_match.h"
 #include "eval/colour_match.h"
+#include "eval/domain_features.h"
 #include "eval/denoiser_source.h"
 #include "eval/feature_extractor.h"
 #include "eval/feature_net.h"
 #include "eval/fid.h"
 #include "eval/fid_stats_io.h"
 #include "eval/fid_sweep.h"
+#include "eval/prompts.h"
 #include "diffusion/sampler_registry.h"
 #include "trainer/communicator.h"
 #include "eval/sample_job.h"
@@ -44,21 +51,36 @@ int g_rank = 0, g_world = 1;
   MpiSession::abort_job(1);
 }
 
-// The training-time FID point. Extractor and reference load before training
-// starts, so a bad path stops the run at once, not at the first evaluation.
+// The training-time FID point and validation grids. Extractor, reference and
+// prompts load before training starts, so a bad path stops the run at once,
+// not at the first evaluation.
 TrainingHooks training_hooks(const Config& config) {
   TrainingHooks hooks;
+  if (!config.eval.prompts.empty()) {
+    const auto sampler = diffusion::evaluation_spec(config.eval.sampler, config.eval.steps);
+    hooks.validation = [config, sampler](model::UNet& ema, int64_t step) {
+      char name[64];
+      std::snprintf(name, sizeof(name), "validation/step-%07lld.png", static_cast<long long>(step));
+      const auto path = (std::filesystem::path(config.run.dir) / name).string();
+      eval::write_prompt_grid(eval::denoiser_from_model(ema, config, "EMA weights in training"), config.eval.prompts,
+                              config.eval.prompts_images, sampler, config.eval.guidance, 0, path);
+      spdlog::info("step {}: validation grid {}", step, path);
+    };
+  }
   if (config.eval.every <= 0) return hooks;
   auto extractor = std::make_shared<eval::FeatureExtractor>(config.eval.extractor);
   if (!eval::is_gaussian_stats_file(config.eval.reference))
     throw std::runtime_error("config key 'eval.reference' = " + config.eval.reference +
                              ": expected a statistics file written by `difftrain eval fid-ref`");
   const auto reference = eval::load_gaussian_stats(config.eval.reference);
-  hooks.fid = [config, extractor, reference](model::UNet& ema, Communicator& comm) {
+  std::string prompt_source;
+  auto prompts = std::make_shared<std::vector<std::string>>(eval::training_eval_prompts(config, &prompt_source));
+  spdlog::info("eval: FID prompts from {} ({} prompts)", prompt_source, prompts->size());
+  hooks.fid = [config, extractor, reference, prompts](model::UNet& ema, Communicator& comm) {
     const eval::FidPoint point{diffusion::evaluation_spec(config.eval.sampler, config.eval.steps), config.eval.guidance};
     const auto source = eval::denoiser_from_model(ema, config, "EMA weights in training");
-    return eval::fid_point(source, point, eval::synthetic_prompts(), config.eval.samples, 0, config.eval.batch_size,
-                           *extractor, reference, &comm)
+    return eval::fid_point(source, point, *prompts, config.eval.samples, 0, config.eval.batch_size, *extractor,
+                           reference, &comm)
         .fid;
   };
   return hooks;
@@ -109,11 +131,64 @@ int run_colour_match(const std::string& manifest, const std::vector<double>& gui
   return 0;
 }
 
+void print_class_accuracies(const std::vector<eval::ClassAccuracy>& classes) {
+  size_t width = 0;
+  for (const auto& c : classes) width = std::max(width, std::min<size_t>(c.name.size(), 40));
+  for (const auto& c : classes) {
+    if (c.total == 0) continue;
+    std::printf("  %-*s %lld/%lld = %.3f\n", static_cast<int>(width), c.name.c_str(), static_cast<long long>(c.correct),
+                static_cast<long long>(c.total), static_cast<double>(c.correct) / static_cast<double>(c.total));
+  }
+}
+
+// Options that `features` shares with the synthetic-shapes net are parsed into
+// `common`; those given on the command line override the domain defaults.
+int run_domain_features(eval::DomainFeatureOptions options, const eval::FeatureNetOptions& common,
+                        const CLI::App& command, const std::string& out) {
+  if (command.count("--image-size")) options.image_size = common.image_size;
+  if (command.count("--steps")) options.steps = common.steps;
+  if (command.count("--threads")) options.threads = common.threads;
+  if (command.count("--batch-size")) options.batch_size = common.batch_size;
+  if (command.count("--lr")) options.lr = common.lr;
+  if (command.count("--seed")) options.seed = common.seed;
+  const auto r = eval::train_domain_features(options, out);
+  std::printf("feature extractor %s: %lld-d features, %lld classes from %s, trained at %lldx%lld (%lld channel%s) "
+              "on %lld images\n",
+              out.c_str(), static_cast<long long>(r.feature_dim), static_cast<long long>(r.classes),
+              r.label_source.c_str(), static_cast<long long>(r.image_size), static_cast<long long>(r.image_size),
+              static_cast<long long>(r.channels), r.channels == 1 ? "" : "s", static_cast<long long>(r.train_images));
+  std::printf("held-out accuracy %.3f on %lld images (chance %.3f)", r.holdout_accuracy,
+              static_cast<long long>(r.holdout_images), 1.0 / static_cast<double>(r.classes));
+  if (r.holdout_skipped > 0) {
+    std::printf("; %lld held-out images with captions unseen in training skipped",
+                static_cast<long long>(r.holdout_skipped));
+  }
+  std::printf("\n");
+  print_class_accuracies(r.per_class);
+  return 0;
+}
+
+int run_class_match(const std::string& classifier_path, const std::string& manifest, const std::vector<double>& guidance,
+                    const std::string& json_path) {
+  eval::DomainClassifier classifier(classifier_path);
+  const auto result = eval::class_match(classifier, manifest, guidance);
+  for (const auto& g : result.groups) {
+    std::printf("class match at guidance %g: %lld/%lld = %.3f\n", g.guidance, static_cast<long long>(g.correct),
+                static_cast<long long>(g.total), g.accuracy);
+    print_class_accuracies(g.per_class);
+  }
+  if (!json_path.empty()) {
+    const std::string text = eval::class_match_json(result);
+    eval::write_file_atomically(json_path, text.data(), text.size());
+  }
+  return 0;
+}
+
 int run_checkpoint_info(const std::string& path) {
   const std::string dir = resolve_checkpoint(path);
   const auto state = read_training_state(dir);
   const Config config = parse_config_text(read_checkpoint_config(dir), dir + "/config.yaml", {});
-  model::UNet model(model::unet_options_from(config.model, config.data.image_size));
+  model::UNet model(model::unet_options_from(config.model, config.data.image_size, config.data.channels));
   load_ema_weights(dir, *model);
   const uint64_t ema_fp = weights_fingerprint(*model);
   std::printf("checkpoint %s\nstep %lld\nimages_seen %lld\nema_fingerprint %016llx\n", dir.c_str(),
@@ -153,6 +228,8 @@ int main(int argc, char** argv) {
   sample->add_option("--max-tokens", so.max_tokens, "token length, for TorchScript files without max_tokens");
   sample->add_option("--out", so.out_dir, "output directory")->required();
   sample->add_option("--prompt", so.prompts, "a prompt (repeatable)");
+  std::string sample_prompt_file;
+  sample->add_option("--prompt-file", sample_prompt_file, "a file of prompts, one per line");
   sample->add_flag("--synthetic-prompts", synthetic_prompts, "every colour x shape of the built-in dataset");
   std::string clip_choice = "auto", variance = "posterior";
   sample->add_option("--sampler", so.sampler.name, "sampler")->check(CLI::IsMember(diffusion::sampler_names()));
@@ -176,6 +253,14 @@ int main(int argc, char** argv) {
   std::vector<double> colour_guidance;
   colour->add_option("--manifest", manifest, "manifest.jsonl written by sample")->required();
   colour->add_option("--guidance", colour_guidance, "report these guidance scales separately");
+
+  auto* class_cmd = app.add_subcommand("class-match", "per-class accuracy of sampled images under a trained classifier");
+  std::string class_classifier, class_json;
+  std::vector<double> class_guidance;
+  class_cmd->add_option("--classifier", class_classifier, "classifier from `features --data`")->required();
+  class_cmd->add_option("--manifest", manifest, "manifest.jsonl written by sample")->required();
+  class_cmd->add_option("--guidance", class_guidance, "guidance scales to report (default: each in the manifest)");
+  class_cmd->add_option("--json", class_json, "also write a JSON summary here");
 
   auto* export_cmd = app.add_subcommand("export", "write a checkpoint's EMA model as a TorchScript denoiser");
   std::string export_checkpoint, export_out;
@@ -217,7 +302,13 @@ int main(int argc, char** argv) {
   sweep->add_option("--samples", sweep_options.samples, "images per point")->check(CLI::Range(2, 10000000));
   sweep->add_option("--seed", sweep_options.seed, "image i uses seed + i");
   sweep->add_option("--batch-size", sweep_options.batch_size, "images per forward")->check(CLI::PositiveNumber);
-  sweep->add_option("--prompt", sweep_options.prompts, "prompts, cycled (default: the built-in colour x shape set)");
+  sweep->add_option("--prompt", sweep_options.prompts,
+                    "prompts, cycled (default: --captions-from, else the reference's captions if it is a shard "
+                    "directory, else the built-in colour x shape set)");
+  std::string sweep_prompt_file;
+  sweep->add_option("--prompt-file", sweep_prompt_file, "a file of prompts, one per line, cycled");
+  sweep->add_option("--captions-from", sweep_options.captions_from,
+                    "shard directory whose captions, in a seeded order, are the prompts (image i, caption i)");
   sweep->add_option("--out", sweep_options.out_dir, "output directory")->required();
   sweep->add_option("--compare-steps", sweep_options.compare_steps, "steps of the side-by-side grid");
   sweep->add_option("--compare-rows", sweep_options.compare_rows, "prompts in the side-by-side grid (0: no grid)")
@@ -227,13 +318,28 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   sweep->add_option("--reference-limit", sweep_options.reference_limit, "reference images used (0: all)");
 
-  auto* features = app.add_subcommand("features", "train the built-in FID feature network for the synthetic shapes");
+  auto* features = app.add_subcommand(
+      "features", "train the built-in FID feature network for the synthetic shapes, or (--data) for a labelled shard set");
   eval::FeatureNetOptions feature_options;
   std::string features_out;
   features->add_option("--out", features_out, "output TorchScript extractor (.pt)")->required();
   features->add_option("--image-size", feature_options.image_size, "input side it is trained at");
   features->add_option("--steps", feature_options.steps, "training steps")->check(CLI::PositiveNumber);
   features->add_option("--threads", feature_options.threads, "torch threads")->check(CLI::PositiveNumber);
+  features->add_option("--batch-size", feature_options.batch_size, "images per step")->check(CLI::PositiveNumber);
+  features->add_option("--lr", feature_options.lr, "AdamW learning rate")->check(CLI::PositiveNumber);
+  features->add_option("--seed", feature_options.seed, "random seed");
+  eval::DomainFeatureOptions domain_options;
+  std::string label_word = "auto";
+  auto* features_data =
+      features->add_option("--data", domain_options.data_dir, "train on this labelled shard directory instead");
+  features->add_option("--labels", label_word, "classes: auto (labels dataset, else captions), captions, column")
+      ->check(CLI::IsMember({"auto", "captions", "column"}))
+      ->needs(features_data);
+  features->add_option("--holdout-data", domain_options.holdout_dir, "held-out shards (default: 10% of --data)")
+      ->needs(features_data);
+  bool no_augment = false;
+  features->add_flag("--no-augment", no_augment, "no random shifts during training")->needs(features_data);
 
   auto* info = app.add_subcommand("checkpoint-info", "print a checkpoint's step and weight fingerprint");
   std::string info_path;
@@ -253,6 +359,10 @@ int main(int argc, char** argv) {
     }
     if (*train) return run_train(argc, argv, config_path, overrides);
     if (*sample) {
+      if (!sample_prompt_file.empty()) {
+        auto p = eval::read_prompt_file(sample_prompt_file);
+        so.prompts.insert(so.prompts.end(), p.begin(), p.end());
+      }
       if (synthetic_prompts) {
         auto p = eval::synthetic_prompts();
         so.prompts.insert(so.prompts.end(), p.begin(), p.end());
@@ -265,6 +375,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (*colour) return run_colour_match(manifest, colour_guidance);
+    if (*class_cmd) return run_class_match(class_classifier, manifest, class_guidance, class_json);
     if (*export_cmd) {
       eval::export_denoiser(export_checkpoint, export_out);
       std::printf("TorchScript denoiser written to %s\n", export_out.c_str());
@@ -287,7 +398,18 @@ int main(int argc, char** argv) {
                   static_cast<long long>(b.count));
       return 0;
     }
-    if (*sweep) return run_sweep_command(argc, argv, sweep_options, sweep_timeout);
+    if (*sweep) {
+      if (!sweep_prompt_file.empty()) {
+        auto p = eval::read_prompt_file(sweep_prompt_file);
+        sweep_options.prompts.insert(sweep_options.prompts.end(), p.begin(), p.end());
+      }
+      return run_sweep_command(argc, argv, sweep_options, sweep_timeout);
+    }
+    if (*features && !domain_options.data_dir.empty()) {
+      domain_options.labels = eval::parse_label_source(label_word);
+      domain_options.augment = !no_augment;
+      return run_domain_features(domain_options, feature_options, *features, features_out);
+    }
     if (*features) {
       const auto r = eval::train_feature_net(feature_options, features_out);
       std::printf("feature extractor %s: %lld-d features; held-out colour accuracy %.3f, shape accuracy %.3f, "

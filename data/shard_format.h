@@ -16,15 +16,19 @@ inline constexpr const char* kShardExtension = ".h5";
 
 inline constexpr const char* kImagesDataset = "images";      // uint8 (N, H, W, C)
 inline constexpr const char* kCaptionsDataset = "captions";  // UTF-8 strings (N)
+inline constexpr const char* kLabelsDataset = "labels";      // optional: int64 class labels (N)
 
 inline constexpr const char* kFormatAttribute = "format";
 inline constexpr const char* kFormatVersionAttribute = "format_version";
 inline constexpr const char* kHeightAttribute = "height";
 inline constexpr const char* kWidthAttribute = "width";
 inline constexpr const char* kChannelsAttribute = "channels";
+// Optional: the class names of `labels`, as a JSON array of strings.
+inline constexpr const char* kLabelNamesAttribute = "label_names";
 
-// v1 stores RGB only; a grey or RGBA dataset is converted before sharding.
-inline constexpr int64_t kShardChannels = 3;
+// Images are grey (C = 1) or RGB (C = 3); RGBA, palette and 16-bit images are
+// converted before sharding (`difftrain make-shards`).
+inline bool is_valid_channel_count(int64_t channels) { return channels == 1 || channels == 3; }
 // Samples per HDF5 chunk of `images`: big enough for sequential reads, small
 // enough that a random single-sample read does not pull in megabytes.
 inline constexpr int64_t kChunkSamples = 64;

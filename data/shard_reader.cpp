@@ -142,26 +142,22 @@ std::vector<std::string> read_all_captions(const H5::DataSet& dataset, hsize_t n
   return captions;
 }
 
-}  // namespace
-
-ShardInfo validate_shard(const std::string& path, const ImageGeometry& expected) {
-  if (expected.channels != kShardChannels) {
-    throw ShardError(shard(path) + "cannot read images of shape " + to_string(expected) +
-                     ", format v1 stores (H, W, 3) RGB");
+// The optional labels: an integer dataset of rank 1 with N entries.
+void check_labels(const H5::H5File& file, const std::string& path, int64_t count) {
+  if (!has_dataset(file, kLabelsDataset)) return;
+  const H5::DataSet labels = file.openDataSet(kLabelsDataset);
+  if (labels.getTypeClass() != H5T_INTEGER) {
+    throw ShardError(shard(path) + "dataset '" + kLabelsDataset + "' has dtype " + describe_type(labels.getDataType()) +
+                     ", expected an integer type (int64)");
   }
-  auto lock = lock_hdf5();
-  try {
-    const H5::H5File file = open_shard_file(path);
-    check_format_attributes(file, path);
-    const int64_t count = check_images(file, path, expected);
-    check_captions(file, path, count);
-    return ShardInfo{path, count, expected};
-  } catch (const H5::Exception& e) {
-    throw shard_error_from(path, "HDF5 error while validating", e);
+  const std::vector<hsize_t> dims = dataset_shape(labels);
+  if (dims.size() != 1 || static_cast<int64_t>(dims[0]) != count) {
+    throw ShardError(shard(path) + "dataset '" + kLabelsDataset + "' has shape " + describe_shape(dims) +
+                     ", expected (" + std::to_string(count) + ",) (one per image)");
   }
 }
 
-std::vector<ShardInfo> open_shard_directory(const std::string& dir, const ImageGeometry& expected) {
+std::vector<std::string> shard_paths_of(const std::string& dir) {
   std::vector<std::string> paths;
   try {
     if (!fs::exists(dir)) throw ShardError("shard directory " + dir + " does not exist");
@@ -179,10 +175,62 @@ std::vector<ShardInfo> open_shard_directory(const std::string& dir, const ImageG
     throw ShardError("shard directory " + dir + " contains no *" + kShardExtension + " shards");
   }
   std::sort(paths.begin(), paths.end());
+  return paths;
+}
+
+}  // namespace
+
+ShardInfo validate_shard(const std::string& path, const ImageGeometry& expected) {
+  if (!is_valid_channel_count(expected.channels)) {
+    throw ShardError(shard(path) + "cannot read images of shape " + to_string(expected) +
+                     ", format v1 stores (H, W, C) with C = 1 (grey) or 3 (RGB)");
+  }
+  auto lock = lock_hdf5();
+  try {
+    const H5::H5File file = open_shard_file(path);
+    check_format_attributes(file, path);
+    const int64_t count = check_images(file, path, expected);
+    check_captions(file, path, count);
+    check_labels(file, path, count);
+    return ShardInfo{path, count, expected};
+  } catch (const H5::Exception& e) {
+    throw shard_error_from(path, "HDF5 error while validating", e);
+  }
+}
+
+std::vector<ShardInfo> open_shard_directory(const std::string& dir, const ImageGeometry& expected) {
+  const std::vector<std::string> paths = shard_paths_of(dir);
   std::vector<ShardInfo> shards;
   shards.reserve(paths.size());
   for (const std::string& path : paths) shards.push_back(validate_shard(path, expected));
   return shards;
+}
+
+ImageGeometry shard_directory_geometry(const std::string& dir) {
+  const std::string first = shard_paths_of(dir).front();
+  auto lock = lock_hdf5();
+  try {
+    const H5::H5File file = open_shard_file(first);
+    return {read_int_attribute(file, first, kHeightAttribute), read_int_attribute(file, first, kWidthAttribute),
+            read_int_attribute(file, first, kChannelsAttribute)};
+  } catch (const H5::Exception& e) {
+    throw shard_error_from(first, "cannot read the image geometry", e);
+  }
+}
+
+std::optional<std::vector<int64_t>> read_shard_labels(const std::string& path) {
+  auto lock = lock_hdf5();
+  try {
+    const H5::H5File file = open_shard_file(path);
+    if (!has_dataset(file, kLabelsDataset)) return std::nullopt;
+    const int64_t count = static_cast<int64_t>(dataset_shape(file.openDataSet(kImagesDataset)).at(0));
+    check_labels(file, path, count);
+    std::vector<int64_t> labels(static_cast<size_t>(count));  // (N)
+    if (count > 0) file.openDataSet(kLabelsDataset).read(labels.data(), H5::PredType::NATIVE_INT64);
+    return labels;
+  } catch (const H5::Exception& e) {
+    throw shard_error_from(path, "cannot read dataset 'labels'", e);
+  }
 }
 
 std::optional<std::string> read_shard_attribute(const std::string& path, const std::string& name) {

@@ -34,6 +34,15 @@ ShardInfo validate_shard(const std::string& path, const ImageGeometry& expected)
 // ShardError if the directory is missing or holds no shard.
 std::vector<ShardInfo> open_shard_directory(const std::string& dir, const ImageGeometry& expected);
 
+// The (H, W, C) the first shard (by file name) of a directory says it holds;
+// open_shard_directory(dir, shard_directory_geometry(dir)) then validates all.
+// Throws ShardError naming the directory when it has no shard.
+ImageGeometry shard_directory_geometry(const std::string& dir);
+
+// The optional `labels` dataset of a shard (int64, one class per sample), or
+// nullopt when the shard has none. Throws ShardError for a malformed one.
+std::optional<std::vector<int64_t>> read_shard_labels(const std::string& path);
+
 // A string root attribute of a shard, or nullopt when the shard has none by
 // that name (writers may add attributes beyond the format's own).
 std::optional<std::string> read_shard_attribute(const std::string& path, const std::string& name);

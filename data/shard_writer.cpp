@@ -35,9 +35,9 @@ bool is_reserved_attribute(const std::string& name) {
 
 ShardWriter::ShardWriter(std::string path, ImageGeometry geometry)
     : path_(std::move(path)), temp_path_(path_ + ".tmp"), geometry_(geometry) {
-  if (geometry_.height <= 0 || geometry_.width <= 0 || geometry_.channels != kShardChannels) {
+  if (geometry_.height <= 0 || geometry_.width <= 0 || !is_valid_channel_count(geometry_.channels)) {
     throw ShardError("shard " + path_ + ": cannot write images of shape " + to_string(geometry_) +
-                     ", format v1 stores (H, W, 3) RGB with H, W > 0");
+                     ", format v1 stores (H, W, C) with H, W > 0 and C = 1 (grey) or 3 (RGB)");
   }
 }
 
@@ -47,15 +47,20 @@ ShardWriter::~ShardWriter() {
   std::filesystem::remove(temp_path_, ignored);
 }
 
-void ShardWriter::add(const uint8_t* image_hwc, const std::string& caption) {
+void ShardWriter::add(const uint8_t* image_hwc, const std::string& caption, std::optional<int64_t> label) {
   if (closed_) throw ShardError("shard " + path_ + ": add() after close()");
   // A variable-length HDF5 string ends at its first NUL; refuse rather than truncate.
   if (caption.find('\0') != std::string::npos) {
     throw ShardError("shard " + path_ + ": caption of sample " + std::to_string(count()) +
                      " contains a NUL byte");
   }
+  if (label.has_value() != (labels_.size() == captions_.size()) && !captions_.empty()) {
+    throw ShardError("shard " + path_ + ": sample " + std::to_string(count()) +
+                     (label ? " has a label but earlier samples have none" : " has no label but earlier samples have one"));
+  }
   images_.insert(images_.end(), image_hwc, image_hwc + geometry_.bytes());
   captions_.push_back(caption);
+  if (label) labels_.push_back(*label);
 }
 
 void ShardWriter::set_attribute(const std::string& name, const std::string& value) {
@@ -92,6 +97,11 @@ void ShardWriter::write_temp_file() const {
     caption_ptrs.reserve(captions_.size());
     for (const std::string& caption : captions_) caption_ptrs.push_back(caption.c_str());
     captions.write(caption_ptrs.data(), caption_type);
+
+    if (!labels_.empty()) {
+      H5::DataSet labels = file.createDataSet(kLabelsDataset, H5::PredType::STD_I64LE, H5::DataSpace(1, caption_dims));
+      labels.write(labels_.data(), H5::PredType::NATIVE_INT64);  // (N)
+    }
 
     write_string_attribute(file, kFormatAttribute, kShardFormatName);
     write_int_attribute(file, kFormatVersionAttribute, kShardFormatVersion);

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -19,13 +20,15 @@ namespace difftrain::data {
 // data/hdf5_util.h); one ShardWriter is not itself meant to be shared.
 class ShardWriter {
  public:
-  // Throws ShardError if the geometry is not a valid v1 geometry (C must be 3).
+  // Throws ShardError if the geometry is not a valid v1 geometry (C must be 1 or 3).
   ShardWriter(std::string path, ImageGeometry geometry);
   ~ShardWriter();  // if not closed: removes the temp file, never throws
   ShardWriter(const ShardWriter&) = delete;
   ShardWriter& operator=(const ShardWriter&) = delete;
 
-  void add(const uint8_t* image_hwc, const std::string& caption);  // image: (H, W, C)
+  // image: (H, W, C). Either every sample has a label (written as the optional
+  // `labels` dataset) or none has; close() throws on a mix.
+  void add(const uint8_t* image_hwc, const std::string& caption, std::optional<int64_t> label = std::nullopt);
   // An extra string attribute on the file's root (readers ignore unknown ones);
   // e.g. the synthetic generator records the spec it was made with.
   void set_attribute(const std::string& name, const std::string& value);
@@ -44,6 +47,7 @@ class ShardWriter {
   ImageGeometry geometry_;
   std::vector<uint8_t> images_;        // (N, H, W, C)
   std::vector<std::string> captions_;  // (N)
+  std::vector<int64_t> labels_;        // (N) or empty
   std::vector<std::pair<std::string, std::string>> extra_attributes_;
   bool closed_ = false;
 };

@@ -62,7 +62,7 @@ std::string shard_name(int64_t index) {
 }
 
 void write_shard(const std::string& path, const SyntheticSpec& spec, int64_t first, int64_t end) {
-  const ImageGeometry geometry{spec.image_size, spec.image_size, kShardChannels};
+  const ImageGeometry geometry{spec.image_size, spec.image_size, 3};
   ShardWriter writer(path, geometry);
   writer.set_attribute(kSpecAttribute, spec_string(spec));
   std::vector<uint8_t> image(static_cast<size_t>(geometry.bytes()));  // (S, S, 3)
@@ -76,7 +76,7 @@ void write_shard(const std::string& path, const SyntheticSpec& spec, int64_t fir
 
 // An existing shard is reused only if it is exactly the one we would write.
 void check_existing(const std::string& path, const SyntheticSpec& spec, int64_t expected_count) {
-  const ImageGeometry geometry{spec.image_size, spec.image_size, kShardChannels};
+  const ImageGeometry geometry{spec.image_size, spec.image_size, 3};
   const ShardInfo info = validate_shard(path, geometry);
   const auto recorded = read_shard_attribute(path, kSpecAttribute);
   if (!recorded || *recorded != spec_string(spec) || info.count != expected_count) {
@@ -155,12 +155,16 @@ std::vector<std::string> write_synthetic_shards(const std::string& dir, const Sy
 
   try {
     fs::create_directories(dir);
-    // A stray shard would silently join the dataset (the loader reads every *.h5).
+    // The built-in data goes only into a directory of its own: anything else in
+    // it may be a user's data (and a stray shard would join the dataset).
     for (const fs::directory_entry& entry : fs::directory_iterator(dir)) {
       const std::string name = entry.path().filename().string();
-      if (entry.path().extension() == kShardExtension && expected_names.count(name) == 0) {
-        throw ShardError("shard " + entry.path().string() + ": not part of synthetic dataset (" +
-                         spec_string(spec) + "); delete the directory to regenerate");
+      const bool ours = expected_names.count(name) > 0 ||
+                        (entry.path().extension() == ".tmp" && expected_names.count(entry.path().stem().string()) > 0);
+      if (!ours) {
+        throw ShardError(entry.path().string() + ": not part of the built-in synthetic dataset (" + spec_string(spec) +
+                         "); the built-in data is written only into an empty directory or one it wrote itself: "
+                         "set data.dir to another directory, or data.synthetic=false to train on the data there");
       }
     }
     for (int64_t s = 0; s < shard_count; ++s) {

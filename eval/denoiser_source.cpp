@@ -23,7 +23,7 @@ LoadedCheckpoint load_ema(const std::string& path) {
   LoadedCheckpoint c;
   c.dir = resolve_checkpoint(path);
   c.config = parse_config_text(read_checkpoint_config(c.dir), c.dir + "/config.yaml", {});
-  c.net = model::UNet(model::unet_options_from(c.config.model, c.config.data.image_size));
+  c.net = model::UNet(model::unet_options_from(c.config.model, c.config.data.image_size, c.config.data.channels));
   load_ema_weights(c.dir, *c.net);
   c.net->eval();
   return c;
@@ -43,6 +43,7 @@ DenoiserSource denoiser_from_model(model::UNet net, const Config& config, const 
   s.prediction = diffusion::parse_prediction(config.diffusion.prediction);
   s.schedule = diffusion::make_schedule(config.diffusion.schedule, config.diffusion.timesteps);
   s.image_size = config.data.image_size;
+  s.channels = config.data.channels;
   s.max_tokens = config.model.max_tokens;
   s.description = description;
   return s;
@@ -92,17 +93,17 @@ void export_denoiser(const std::string& path, const std::string& out) {
   auto alphas_cumprod = schedule.alphas_cumprod.clone();
   diffusion::NoiseSchedule traced_schedule = schedule;
   traced_schedule.alphas_cumprod = alphas_cumprod;
-  const int64_t H = c.config.data.image_size, L = c.config.model.max_tokens;
+  const int64_t H = c.config.data.image_size, C = c.config.data.channels, L = c.config.model.max_tokens;
   auto net = c.net;
   model::TracedForward forward = [&](const std::vector<torch::Tensor>& in) {
     auto output = net->forward(in[0], in[1], in[2]);
     return diffusion::output_to_eps(prediction, traced_schedule, output, in[0], in[1]);
   };
-  const std::vector<torch::Tensor> example = {torch::randn({2, 3, H, H}), torch::tensor({int64_t{0}, schedule.timesteps - 1}, torch::kInt64),
+  const std::vector<torch::Tensor> example = {torch::randn({2, C, H, H}), torch::tensor({int64_t{0}, schedule.timesteps - 1}, torch::kInt64),
                                               torch::zeros({2, L}, torch::kInt64)};
   model::export_torchscript(*net, "Denoiser", forward, example,
                             {{"alphas_cumprod", alphas_cumprod},
-                             {"image_shape", torch::tensor({int64_t{3}, H, H}, torch::kInt64)},
+                             {"image_shape", torch::tensor({C, H, H}, torch::kInt64)},
                              {"max_tokens", torch::tensor(L, torch::kInt64)}},
                             out);
 }

@@ -26,11 +26,16 @@ class BatchFeeder {
  public:
   BatchFeeder(FeatureExtractor& extractor, int64_t batch_size) : extractor_(extractor), batch_size_(batch_size) {}
 
-  void add(const uint8_t* hwc, int64_t height, int64_t width) {
+  // hwc: (H, W, C) with C = 3, or C = 1 (grey, passed on as three equal channels)
+  void add(const uint8_t* hwc, int64_t height, int64_t width, int64_t channels = 3) {
     if (pending_ > 0 && (height != height_ || width != width_)) flush();
     height_ = height;
     width_ = width;
-    pixels_.insert(pixels_.end(), hwc, hwc + height * width * 3);
+    if (channels == 3) {
+      pixels_.insert(pixels_.end(), hwc, hwc + height * width * 3);
+    } else {
+      for (int64_t i = 0; i < height * width; ++i) pixels_.insert(pixels_.end(), 3, hwc[i]);
+    }
     if (++pending_ == batch_size_) flush();
   }
 
@@ -53,43 +58,15 @@ class BatchFeeder {
   std::optional<FeatureStats> stats_;
 };
 
-// The geometry a shard says it has; open_shard_directory then validates every
-// shard against it.
-data::ImageGeometry geometry_of_first_shard(const std::string& dir) {
-  std::vector<std::string> paths;
-  std::error_code ec;
-  for (const fs::directory_entry& entry : fs::directory_iterator(dir, ec)) {
-    if (entry.is_regular_file() && entry.path().extension() == data::kShardExtension) {
-      paths.push_back(entry.path().string());
-    }
-  }
-  if (ec) throw data::ShardError("shard directory " + dir + ": " + ec.message());
-  if (paths.empty()) {
-    throw data::ShardError("shard directory " + dir + " contains no *" + std::string(data::kShardExtension) +
-                           " shards (and no manifest.jsonl)");
-  }
-  const std::string& first = *std::min_element(paths.begin(), paths.end());
-  auto lock = data::lock_hdf5();
-  try {
-    if (!H5::H5File::isHdf5(first)) throw data::ShardError("shard " + first + ": is not an HDF5 file");
-    const H5::H5File file(first, H5F_ACC_RDONLY);
-    return {data::read_int_attribute(file, first, data::kHeightAttribute),
-            data::read_int_attribute(file, first, data::kWidthAttribute),
-            data::read_int_attribute(file, first, data::kChannelsAttribute)};
-  } catch (const H5::Exception& e) {
-    throw data::shard_error_from(first, "cannot read the image geometry", e);
-  }
-}
-
 void feed_shards(const std::string& dir, int64_t limit, BatchFeeder& feeder) {
-  const data::ImageGeometry geometry = geometry_of_first_shard(dir);
-  std::vector<uint8_t> image(static_cast<size_t>(geometry.bytes()));  // (H, W, 3)
+  const data::ImageGeometry geometry = data::shard_directory_geometry(dir);
+  std::vector<uint8_t> image(static_cast<size_t>(geometry.bytes()));  // (H, W, C)
   int64_t seen = 0;
   for (const data::ShardInfo& info : data::open_shard_directory(dir, geometry)) {
     data::ShardReader reader(info);
     for (int64_t i = 0; i < reader.size() && (limit <= 0 || seen < limit); ++i, ++seen) {
       reader.read(i, image.data(), nullptr);
-      feeder.add(image.data(), geometry.height, geometry.width);
+      feeder.add(image.data(), geometry.height, geometry.width, geometry.channels);
     }
   }
 }

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <set>
 
 #include "eval/fid_stats_io.h"
@@ -16,6 +17,8 @@
 #include "eval/grid.h"
 #include "eval/image_io.h"
 #include "eval/plot.h"
+#include "eval/prompts.h"
+#include "monitoring/progress.h"
 #include "eval/sample_job.h"
 #include "trainer/batch_tensors.h"
 #include "trainer/communicator.h"
@@ -26,9 +29,11 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-// Quantised as the PNGs `sample` writes, so in-memory and file-based FIDs agree.
+// Quantised as the PNGs `sample` writes, so in-memory and file-based FIDs agree;
+// grey images go to the extractor as three equal channels, as their PNGs do.
 torch::Tensor to_unit_range(const torch::Tensor& images) {
-  return images.clamp(-1, 1).add(1).mul(127.5).round().div(255.0);
+  auto unit = images.clamp(-1, 1).add(1).mul(127.5).round().div(255.0);
+  return unit.size(1) == 1 ? unit.expand({-1, 3, -1, -1}) : unit;
 }
 
 std::vector<double> to_vector(const torch::Tensor& t) {
@@ -144,7 +149,7 @@ void write_comparison(const SweepOptions& o, const DenoiserSource& source) {
       const int64_t H = source.image_size, bytes = H * H * source.channels;
       std::vector<Image> column;
       for (int64_t k = 0; k < static_cast<int64_t>(captions.size()); ++k)
-        column.push_back({H, H, std::vector<uint8_t>(pixels.begin() + k * bytes, pixels.begin() + (k + 1) * bytes)});
+        column.push_back(image_from_hwc(pixels.data() + k * bytes, H, H, source.channels));
       images.push_back(std::move(column));
       titles.push_back(title + ", " + std::to_string(diffusion::sampler_nfe(spec, source.schedule)) + " NFE");
     }
@@ -157,7 +162,7 @@ void write_comparison(const SweepOptions& o, const DenoiserSource& source) {
 
 FidPointResult fid_point(const DenoiserSource& source, const FidPoint& point, const std::vector<std::string>& prompts,
                          int64_t samples, uint64_t seed, int64_t batch_size, FeatureExtractor& extractor,
-                         const GaussianStats& reference, Communicator* comm) {
+                         const GaussianStats& reference, Communicator* comm, bool show_progress) {
   if (prompts.empty()) throw std::invalid_argument("FID point: no prompts");
   if (samples < 2) throw std::invalid_argument("FID point: needs at least 2 samples");
   diffusion::validate(point.sampler, source.schedule);
@@ -166,6 +171,13 @@ FidPointResult fid_point(const DenoiserSource& source, const FidPoint& point, co
   std::vector<int64_t> mine;
   for (int64_t i = rank; i < samples; i += world) mine.push_back(i);
   FeatureStats stats(extractor.dim());
+  // This rank's share, scaled to the whole point (the shares are equal to within one image).
+  std::unique_ptr<monitoring::RateProgress> progress;
+  if (rank == 0 && show_progress)
+    progress = std::make_unique<monitoring::RateProgress>(
+        "FID " + point.sampler.name + " " + std::to_string(point.sampler.steps) + " steps w=" +
+            guidance_tag(point.guidance).substr(1),
+        samples, 10.0);
   for (size_t begin = 0; begin < mine.size(); begin += static_cast<size_t>(batch_size)) {
     const size_t end = std::min(mine.size(), begin + static_cast<size_t>(batch_size));
     std::vector<std::string> captions;
@@ -175,6 +187,7 @@ FidPointResult fid_point(const DenoiserSource& source, const FidPoint& point, co
       seeds.push_back(seed + static_cast<uint64_t>(mine[k]));
     }
     stats.add(extractor.features(to_unit_range(generate_images(source, point.sampler, point.guidance, captions, seeds))));
+    if (progress) progress->update(std::min<int64_t>(samples, static_cast<int64_t>(end) * world));
   }
   if (comm) {
     auto& buffer = stats.buffer();
@@ -191,7 +204,15 @@ FidPointResult fid_point(const DenoiserSource& source, const FidPoint& point, co
 
 void run_sweep(const SweepOptions& input, Communicator* comm) {
   SweepOptions o = input;
-  if (o.prompts.empty()) o.prompts = synthetic_prompts();
+  if (o.prompts.empty()) {
+    // The held-out set's own captions when the reference is a shard set.
+    const bool reference_is_shards = !is_gaussian_stats_file(o.reference) && fs::is_directory(o.reference) &&
+                                     !fs::exists(fs::path(o.reference) / "manifest.jsonl");
+    const std::string from = !o.captions_from.empty() ? o.captions_from : reference_is_shards ? o.reference : "";
+    o.prompts = from.empty() ? synthetic_prompts() : shard_set_prompts(from, o.seed);
+    if (!comm || comm->rank() == 0)
+      spdlog::info("sweep: prompts: {}", from.empty() ? "the built-in colour x shape list" : "captions of " + from);
+  }
   if (o.steps.empty() || o.guidance.empty() || o.samplers.empty())
     throw std::invalid_argument("sweep: samplers, steps and guidance must each name at least one value");
   const bool lead = !comm || comm->rank() == 0;
@@ -226,7 +247,7 @@ void run_sweep(const SweepOptions& input, Communicator* comm) {
                              p.sampler.steps, p.guidance);
       continue;
     }
-    const auto r = fid_point(source, p, o.prompts, o.samples, o.seed, o.batch_size, extractor, reference, comm);
+    const auto r = fid_point(source, p, o.prompts, o.samples, o.seed, o.batch_size, extractor, reference, comm, true);
     if (lead) {
       nlohmann::json row = {{"sampler", p.sampler.name}, {"steps", p.sampler.steps}, {"nfe", r.nfe},
                             {"guidance", p.guidance},    {"eta", p.sampler.eta},   {"samples", r.samples},

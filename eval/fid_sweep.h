@@ -35,7 +35,7 @@ struct FidPointResult {
 // Collective over `comm` (nullptr: this process alone).
 FidPointResult fid_point(const DenoiserSource& source, const FidPoint& point, const std::vector<std::string>& prompts,
                          int64_t samples, uint64_t seed, int64_t batch_size, FeatureExtractor& extractor,
-                         const GaussianStats& reference, Communicator* comm);
+                         const GaussianStats& reference, Communicator* comm, bool show_progress = false);
 
 struct SweepOptions {
   std::string checkpoint, model_file;  // one of them (eval/denoiser_source.h)
@@ -49,7 +49,10 @@ struct SweepOptions {
   int64_t samples = 500;
   uint64_t seed = 0;
   int64_t batch_size = 64;
-  std::vector<std::string> prompts;    // image i uses prompts[i % P]
+  std::vector<std::string> prompts;    // image i uses prompts[i % P]; empty: see captions_from
+  // Shard set whose captions (seeded order) are the prompts when none are given;
+  // empty: the reference set's if it is a shard directory, else the built-in list.
+  std::string captions_from;
   std::string out_dir;
   int64_t compare_steps = 0;           // step count of the side-by-side grid (0: the smallest in `steps`)
   int64_t compare_rows = 6;           // 0: no side-by-side grid (it runs full DDPM, the slow column)

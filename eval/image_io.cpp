@@ -17,6 +17,19 @@ struct GdFree {
 
 }  // namespace
 
+Image image_from_hwc(const uint8_t* hwc, int64_t height, int64_t width, int64_t channels) {
+  if (channels != 1 && channels != 3)
+    throw std::invalid_argument("image_from_hwc: " + std::to_string(channels) + " channels, expected 1 or 3");
+  Image image{height, width, {}};
+  if (channels == 3) {
+    image.rgb.assign(hwc, hwc + height * width * 3);
+  } else {
+    image.rgb.reserve(static_cast<size_t>(height * width * 3));
+    for (int64_t i = 0; i < height * width; ++i) image.rgb.insert(image.rgb.end(), 3, hwc[i]);
+  }
+  return image;
+}
+
 void check_image(const Image& image) {
   // gd addresses pixels with int, so larger images cannot be drawn or encoded.
   if (image.height <= 0 || image.width <= 0 || image.height > INT_MAX || image.width > INT_MAX) {

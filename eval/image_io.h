@@ -14,6 +14,9 @@ struct Image {
   std::vector<uint8_t> rgb;  // (H, W, 3), row-major
 };
 
+// An (H, W, C) byte image with C = 3, or C = 1 (grey: each value becomes R = G = B).
+Image image_from_hwc(const uint8_t* hwc, int64_t height, int64_t width, int64_t channels);
+
 // Throws std::invalid_argument unless rgb.size() == height * width * 3 and both are > 0.
 void check_image(const Image& image);
 

@@ -12,6 +12,7 @@
 #include "eval/grid.h"
 #include "eval/image_io.h"
 #include "eval/manifest.h"
+#include "monitoring/progress.h"
 #include "trainer/batch_tensors.h"
 
 namespace difftrain::eval {
@@ -33,6 +34,25 @@ std::string guidance_tag(double w) {
 }
 
 }  // namespace
+
+void write_prompt_grid(const DenoiserSource& source, const std::vector<std::string>& prompts,
+                       int64_t images_per_prompt, const diffusion::SamplerSpec& sampler, double guidance,
+                       uint64_t seed, const std::string& path) {
+  std::vector<std::string> captions;
+  std::vector<uint64_t> seeds;
+  for (const auto& p : prompts)
+    for (int64_t k = 0; k < images_per_prompt; ++k) {
+      captions.push_back(p);
+      seeds.push_back(seed + seeds.size());
+    }
+  const auto pixels = tensor_to_images(generate_images(source, sampler, guidance, captions, seeds));
+  const int64_t H = source.image_size, C = source.channels;
+  std::vector<Image> images;
+  for (size_t k = 0; k < captions.size(); ++k)
+    images.push_back(image_from_hwc(pixels.data() + k * static_cast<size_t>(H * H * C), H, H, C));
+  fs::create_directories(fs::path(path).parent_path());
+  write_png(path, make_labelled_grid(images, captions, static_cast<int>(images_per_prompt), 4));
+}
 
 SampleResult run_sample_job(const SampleOptions& o) {
   if (o.prompts.empty()) throw std::invalid_argument("sample: no prompts given");
@@ -58,6 +78,7 @@ SampleResult run_sample_job(const SampleOptions& o) {
   for (double w : o.guidance) {
     std::vector<Image> images;
     std::vector<std::string> labels;
+    monitoring::RateProgress progress("sampling w=" + guidance_tag(w).substr(1), per_scale);
     for (int64_t start = 0; start < per_scale; start += o.batch_size) {
       const int64_t n = std::min(o.batch_size, per_scale - start);
       std::vector<std::string> captions;
@@ -69,7 +90,7 @@ SampleResult run_sample_job(const SampleOptions& o) {
       const auto pixels = tensor_to_images(generate_images(source, o.sampler, w, captions, seeds));
       const size_t image_bytes = static_cast<size_t>(H * H * C);
       for (int64_t k = 0; k < n; ++k) {
-        Image img{H, H, std::vector<uint8_t>(pixels.begin() + k * image_bytes, pixels.begin() + (k + 1) * image_bytes)};
+        Image img = image_from_hwc(pixels.data() + k * image_bytes, H, H, C);
         char name[64];
         std::snprintf(name, sizeof(name), "%s-%05lld.png", guidance_tag(w).c_str(),
                       static_cast<long long>(start + k));
@@ -78,7 +99,7 @@ SampleResult run_sample_job(const SampleOptions& o) {
         images.push_back(std::move(img));
         labels.push_back(captions[k]);
       }
-      spdlog::info("  guidance {}: {}/{} images", w, start + n, per_scale);
+      progress.update(start + n);
     }
     // Whole prompts per row, about six images wide.
     const int64_t per_row = o.images_per_prompt * std::max<int64_t>(1, 6 / o.images_per_prompt);

@@ -35,6 +35,14 @@ struct SampleResult {
 
 SampleResult run_sample_job(const SampleOptions& options);
 
+// A labelled grid of images_per_prompt images per prompt (one row per prompt,
+// image i of the grid from seed + i), written to `path` as PNG: the validation
+// grids of training (eval.prompts).
+struct DenoiserSource;
+void write_prompt_grid(const DenoiserSource& source, const std::vector<std::string>& prompts,
+                       int64_t images_per_prompt, const diffusion::SamplerSpec& sampler, double guidance,
+                       uint64_t seed, const std::string& path);
+
 // "a <colour> <shape>" for every colour and shape of the built-in dataset.
 std::vector<std::string> synthetic_prompts();
 

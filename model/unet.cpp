@@ -13,9 +13,10 @@
 namespace difftrain::model {
 namespace F = torch::nn::functional;
 
-UNetOptions unet_options_from(const ModelConfig& c, int64_t image_size) {
+UNetOptions unet_options_from(const ModelConfig& c, int64_t image_size, int64_t image_channels) {
   UNetOptions o;
   o.image_size = image_size;
+  o.image_channels = image_channels;
   o.base_channels = c.base_channels;
   o.channel_mults = c.channel_mults;
   o.num_res_blocks = c.num_res_blocks;

@@ -33,7 +33,7 @@ struct UNetOptions {
   double dropout = 0.0;
   TextEncoderOptions text;
 };
-UNetOptions unet_options_from(const ModelConfig& config, int64_t image_size);
+UNetOptions unet_options_from(const ModelConfig& config, int64_t image_size, int64_t image_channels);
 
 // Transformer-style sinusoidal embedding of the timestep (Vaswani et al. 2017, sec. 3.5).
 // t: (B) -> (B, dim)

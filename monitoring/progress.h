@@ -3,6 +3,7 @@
 // Pure functions, so the format is tested without a training loop.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 
@@ -15,5 +16,24 @@ std::string format_progress(int64_t step, int64_t total, double loss, double ima
 // Compact duration, rounded to whole seconds: "12s", "4m05s", "1h02m".
 // Negative or non-finite input gives "--".
 std::string format_duration(double seconds);
+
+// "sampling w=3: 640/2000 images (32.0%)  41.3 img/s  ETA 33s" after `seconds` of work.
+std::string format_rate_progress(const std::string& label, int64_t done, int64_t total, double seconds,
+                                 const std::string& unit = "images");
+
+// Prints format_rate_progress lines to stderr for long jobs (sampling, FID
+// points): at most one every `interval_seconds`, and always the final one.
+class RateProgress {
+ public:
+  RateProgress(std::string label, int64_t total, double interval_seconds = 5.0, std::string unit = "images");
+  void update(int64_t done);  // done of total so far
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  std::string label_, unit_;
+  int64_t total_;
+  double interval_;
+  Clock::time_point start_, last_print_;
+};
 
 }  // namespace difftrain::monitoring

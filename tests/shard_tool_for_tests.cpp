@@ -32,8 +32,8 @@ int write(const std::string& path) {
 }
 
 int read(const std::string& path, int64_t height, int64_t width) {
-  ShardReader reader(validate_shard(path, ImageGeometry{height, width, kShardChannels}));
-  std::vector<uint8_t> image(static_cast<size_t>(height * width * kShardChannels));  // (H, W, C)
+  ShardReader reader(validate_shard(path, ImageGeometry{height, width, 3}));
+  std::vector<uint8_t> image(static_cast<size_t>(height * width * 3));  // (H, W, C)
   std::string caption;
   for (int64_t i = 0; i < reader.size(); ++i) {
     reader.read(i, image.data(), &caption);

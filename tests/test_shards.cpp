@@ -266,4 +266,38 @@ TEST(ShardDirectory, ReaderReportsShardDeletedBeforeOpen) {
 }
 
 }  // namespace
+TEST(ShardFormat, GreyShardsWithLabelsRoundTrip) {
+  TempDir dir;
+  const std::string path = dir.file("grey.h5");
+  const ImageGeometry grey{6, 5, 1};
+  ShardWriter writer(path, grey);
+  for (int64_t i = 0; i < 10; ++i) writer.add(testing::image_of(i, grey).data(), testing::caption_of(i), i % 4);
+  writer.set_attribute(kLabelNamesAttribute, R"(["a", "b", "c", "d"])");
+  writer.close();
+
+  EXPECT_EQ(shard_directory_geometry(dir.path()), grey);
+  const ShardInfo info = validate_shard(path, grey);
+  ShardReader reader(info);
+  std::vector<uint8_t> image(static_cast<size_t>(grey.bytes()));  // (H, W, 1)
+  reader.read(7, image.data(), nullptr);
+  EXPECT_EQ(image, testing::image_of(7, grey));
+  const auto labels = read_shard_labels(path);
+  ASSERT_TRUE(labels.has_value());
+  EXPECT_EQ(*labels, (std::vector<int64_t>{0, 1, 2, 3, 0, 1, 2, 3, 0, 1}));
+  EXPECT_EQ(read_shard_attribute(path, kLabelNamesAttribute).value(), R"(["a", "b", "c", "d"])");
+  // A grey shard is not an RGB one.
+  expect_shard_error([&] { validate_shard(path, ImageGeometry{6, 5, 3}); }, {path, "(N, 6, 5, 3)"});
+}
+
+TEST(ShardFormat, UnlabelledShardHasNoLabelsAndMixedLabelsAreRefused) {
+  TempDir dir;
+  const std::string path = dir.file("plain.h5");
+  testing::write_test_shard(path, kGeometry, 3);
+  EXPECT_FALSE(read_shard_labels(path).has_value());
+  ShardWriter writer(dir.file("mixed.h5"), kGeometry);
+  writer.add(testing::image_of(0, kGeometry).data(), "x", 1);
+  expect_shard_error([&] { writer.add(testing::image_of(1, kGeometry).data(), "y"); },
+                     {"mixed.h5", "sample 1 has no label"});
+}
+
 }  // namespace difftrain::data

@@ -19,6 +19,8 @@ void visit_config_fields(Config& c, Visitor&& v) {
   v("data.synthetic", c.data.synthetic);
   v("data.synthetic_count", c.data.synthetic_count);
   v("data.image_size", c.data.image_size);
+  v("data.channels", c.data.channels);
+  v("data.random_flip", c.data.random_flip);
   v("data.prefetch_batches", c.data.prefetch_batches);
   v("model.base_channels", c.model.base_channels);
   v("model.channel_mults", c.model.channel_mults);
@@ -66,6 +68,10 @@ void visit_config_fields(Config& c, Visitor&& v) {
   v("eval.steps", c.eval.steps);
   v("eval.guidance", c.eval.guidance);
   v("eval.batch_size", c.eval.batch_size);
+  v("eval.captions", c.eval.captions);
+  v("eval.prompts", c.eval.prompts);
+  v("eval.prompts_every", c.eval.prompts_every);
+  v("eval.prompts_images", c.eval.prompts_images);
 }
 
 std::vector<std::string> split_path(const std::string& path) {
@@ -154,6 +160,16 @@ struct FromYaml {
       int64_t value = 0;
       if (!item.IsScalar() || !parse_int(item.Scalar(), &value)) wrong_type(source, path, "a list of integers", n);
       field.push_back(value);
+    }
+  }
+  void operator()(const std::string& path, std::vector<std::string>& field) const {
+    auto n = find_node(root, path);
+    if (!n.IsDefined()) return;
+    if (!n.IsSequence()) wrong_type(source, path, "a list of strings", n);
+    field.clear();
+    for (const auto& item : n) {
+      if (!item.IsScalar()) wrong_type(source, path, "a list of strings", n);
+      field.push_back(item.Scalar());
     }
   }
 };
@@ -281,6 +297,10 @@ void validate_config(const Config& c) {
   require(c.data.image_size >= 8, "data.image_size", c.data.image_size, ">= 8");
   require(c.data.synthetic_count > 0, "data.synthetic_count", c.data.synthetic_count, "> 0");
   require(c.data.prefetch_batches >= 1, "data.prefetch_batches", c.data.prefetch_batches, ">= 1");
+  require(c.data.channels == 1 || c.data.channels == 3, "data.channels", c.data.channels, "1 (grey) or 3 (RGB)");
+  require(!c.data.synthetic || c.data.channels == 3, "data.channels", c.data.channels,
+          "3 with data.synthetic=true (the built-in shapes are RGB)");
+  require(!c.data.dir.empty(), "data.dir", "''", "a directory of *.h5 shards");
   require(!c.model.channel_mults.empty(), "model.channel_mults", "[]", "a non-empty list");
   require(c.model.base_channels > 0, "model.base_channels", c.model.base_channels, "> 0");
   require(c.model.norm_groups > 0, "model.norm_groups", c.model.norm_groups, "> 0");
@@ -337,6 +357,8 @@ void validate_config(const Config& c) {
   require(c.eval.samples >= 2, "eval.samples", c.eval.samples, ">= 2");
   require(c.eval.steps >= 1, "eval.steps", c.eval.steps, ">= 1");
   require(c.eval.batch_size >= 1, "eval.batch_size", c.eval.batch_size, ">= 1");
+  require(c.eval.prompts_every >= 0, "eval.prompts_every", c.eval.prompts_every, ">= 0");
+  require(c.eval.prompts_images >= 1, "eval.prompts_images", c.eval.prompts_images, ">= 1");
   require(c.monitoring.port > 0 && c.monitoring.port < 65536, "monitoring.port", c.monitoring.port,
           "in [1, 65535]");
 }
@@ -347,9 +369,10 @@ std::string config_to_yaml(const Config& config) {
   visit_config_fields(copy, [&](const std::string& path, auto& field) {
     const auto parts = split_path(path);
     YAML::Node section = root[parts[0]];
-    if constexpr (std::is_same_v<std::decay_t<decltype(field)>, std::vector<int64_t>>) {
+    using Field = std::decay_t<decltype(field)>;
+    if constexpr (std::is_same_v<Field, std::vector<int64_t>> || std::is_same_v<Field, std::vector<std::string>>) {
       YAML::Node list(YAML::NodeType::Sequence);
-      for (auto v : field) list.push_back(v);
+      for (const auto& v : field) list.push_back(v);
       list.SetStyle(YAML::EmitterStyle::Flow);
       section[parts[1]] = list;
     } else {

@@ -23,9 +23,13 @@ struct RunConfig {
 
 struct DataConfig {
   std::string dir = "runs/data/shapes32";  // directory of *.h5 shards (docs/SHARD_FORMAT.md)
-  bool synthetic = true;                    // generate the built-in shapes dataset if dir has no shards
+  // Write the built-in shapes dataset into dir when it has none. Off unless asked
+  // for (configs/default.yaml), so a misspelt dir is an error, never a new dataset.
+  bool synthetic = false;
   int64_t synthetic_count = 20000;
   int64_t image_size = 32;
+  int64_t channels = 3;         // 1 (grey) or 3 (RGB); must match the shards
+  bool random_flip = false;     // horizontal flip drawn per sample from its draw key (trainer/sample_draws)
   int64_t prefetch_batches = 4;
 };
 
@@ -96,6 +100,15 @@ struct EvalConfig {
   int64_t steps = 25;
   double guidance = 3.0;
   int64_t batch_size = 64;
+  // Captions the FID point samples with (image i with caption i of a seeded
+  // permutation): a shard directory, normally the held-out split. Empty: the
+  // built-in colour x shape prompts for synthetic data, else data.dir's captions.
+  std::string captions;
+  // Validation grids (diffusers' --validation_prompt): every prompts_every steps,
+  // prompts_images images per prompt -> run.dir/validation/step-<step>.png.
+  std::vector<std::string> prompts;
+  int64_t prompts_every = 0;  // 0: only at the end of training when prompts are given
+  int64_t prompts_images = 4;
 };
 
 struct Config {

@@ -4,6 +4,8 @@
 // sample it is, never on the number of ranks or the per-rank batch size, so
 // 2 ranks x batch b and 1 rank x batch 2b train on identical draws (tested),
 // and a resumed run needs no generator state: its data position is enough.
+// The flip is drawn last, so turning data.random_flip on or off leaves every
+// other draw unchanged.
 #pragma once
 
 #include <torch/types.h>
@@ -16,6 +18,7 @@ struct SampleDraws {
   torch::Tensor timesteps;  // (B) int64 in [0, T)
   torch::Tensor noise;      // (B, C, H, W) float32
   torch::Tensor drop;       // (B) bool: caption replaced by the null condition
+  torch::Tensor flip;       // (B) bool: image mirrored left-right (used when data.random_flip)
 };
 
 // Sample j of this rank's batch sits at epoch position first_position + j * stride

@@ -9,6 +9,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
+#include "data/captions.h"
 #include "data/loader.h"
 #include "data/shard_reader.h"
 #include "data/synthetic_shapes.h"
@@ -37,10 +38,37 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-data::ImageGeometry geometry_of(const Config& c) { return {c.data.image_size, c.data.image_size, 3}; }
+data::ImageGeometry geometry_of(const Config& c) { return {c.data.image_size, c.data.image_size, c.data.channels}; }
+
+// A user's data directory is only ever read: without data.synthetic a missing
+// or empty data.dir is an error naming it, never a reason to write a dataset.
+void check_user_data_dir(const Config& c) {
+  const std::string hint =
+      "; expected a directory of *.h5 shards (make them with `difftrain make-shards`, docs/SHARD_FORMAT.md), "
+      "or set data.synthetic=true to write the built-in shapes dataset there";
+  std::error_code ec;
+  if (!fs::exists(c.data.dir, ec)) throw ConfigError("config key 'data.dir' = " + c.data.dir + ": does not exist" + hint);
+  if (!fs::is_directory(c.data.dir, ec)) throw ConfigError("config key 'data.dir' = " + c.data.dir + ": is not a directory" + hint);
+  bool has_shard = false;
+  for (const auto& entry : fs::directory_iterator(c.data.dir, ec))
+    has_shard = has_shard || (entry.is_regular_file() && entry.path().extension() == data::kShardExtension);
+  if (!has_shard) throw ConfigError("config key 'data.dir' = " + c.data.dir + ": holds no *.h5 shard" + hint);
+}
+
+// One warning, with the count, when the tokenizer will cut captions.
+void warn_about_long_captions(const Config& c) {
+  const auto lengths = data::caption_lengths(data::read_shard_captions(c.data.dir), c.model.max_tokens);
+  if (lengths.longer == 0) return;
+  spdlog::warn("data: {} of {} captions ({:.1f}%) are longer than model.max_tokens={} bytes and are cut "
+               "(p50 {} / p90 {} / max {} bytes), e.g. \"{}\" becomes \"{}\"",
+               lengths.longer, lengths.count, 100.0 * static_cast<double>(lengths.longer) / lengths.count,
+               c.model.max_tokens, lengths.p50, lengths.p90, lengths.max, lengths.example_longer,
+               lengths.example_longer.substr(0, static_cast<size_t>(c.model.max_tokens)));
+}
 
 // Rank 0 writes the built-in dataset when asked and missing; the others wait.
 void prepare_data(const Config& c, Communicator& comm) {
+  if (comm.rank() == 0 && !c.data.synthetic) check_user_data_dir(c);
   if (comm.rank() == 0 && c.data.synthetic) {
     data::SyntheticSpec spec;
     spec.count = c.data.synthetic_count;
@@ -102,7 +130,7 @@ void train(const Config& config, MpiSession& session, const TrainingHooks& hooks
   loader_options.prefetch_batches = static_cast<int>(config.data.prefetch_batches);
 
   torch::manual_seed(config.run.seed);
-  const auto unet_options = model::unet_options_from(config.model, config.data.image_size);
+  const auto unet_options = model::unet_options_from(config.model, config.data.image_size, config.data.channels);
   model::UNet net(unet_options), ema_net(unet_options);
   net->to(device);
   ema_net->to(device);
@@ -147,9 +175,12 @@ void train(const Config& config, MpiSession& session, const TrainingHooks& hooks
   const int64_t global_batch = config.train.batch_size * comm->world_size();
   const int64_t accum = config.train.grad_accum_steps;
   data::Loader loader(loader_options, {state.epoch, state.samples_in_epoch / global_batch});
-  if (lead)
-    spdlog::info("data: {} samples, {} batches of {} per rank per epoch", loader.dataset_size(),
-                 loader.batches_per_epoch(), config.train.batch_size);
+  if (lead) {
+    spdlog::info("data: {} samples, {} batches of {} per rank per epoch{}", loader.dataset_size(),
+                 loader.batches_per_epoch(), config.train.batch_size,
+                 config.data.random_flip ? ", random horizontal flips" : "");
+    warn_about_long_captions(config);
+  }
 
   std::unique_ptr<monitoring::TrainingMetrics> metrics;
   if (config.monitoring.enabled) {
@@ -162,7 +193,7 @@ void train(const Config& config, MpiSession& session, const TrainingHooks& hooks
 
   const auto schedule = diffusion::make_schedule(config.diffusion.schedule, config.diffusion.timesteps);
   const auto prediction = diffusion::parse_prediction(config.diffusion.prediction);
-  const int64_t H = config.data.image_size, B = config.train.batch_size;
+  const int64_t H = config.data.image_size, C = config.data.channels, B = config.train.batch_size;
   install_stop_signal_handlers();
   const fs::path stats_path = fs::path(config.run.dir) / "metrics.jsonl";
   double loss_sum = 0, comm_wait_sum = 0;
@@ -179,10 +210,12 @@ void train(const Config& config, MpiSession& session, const TrainingHooks& hooks
     for (int64_t micro = 0; micro < accum; ++micro) {
       data::Batch batch = loader.next();
       last_position = batch.position;
-      auto x0 = images_to_tensor(batch.images, batch.size, H, H, 3).to(device);
+      auto x0 = images_to_tensor(batch.images, batch.size, H, H, C).to(device);
       const auto draws = draw_samples(static_cast<uint64_t>(config.run.seed), batch.position.epoch,
                                       batch.position.batch * global_batch + comm->rank(), comm->world_size(), B,
-                                      schedule.timesteps, {3, H, H}, config.train.cond_dropout);
+                                      schedule.timesteps, {C, H, H}, config.train.cond_dropout);
+      // Each sample's flip is part of its draws, so resume and rank-equivalence stay exact.
+      if (config.data.random_flip) x0 = torch::where(draws.flip.view({B, 1, 1, 1}).to(device), x0.flip({3}), x0);
       // Condition dropout: the caption becomes the null condition (all padding).
       auto tokens = tokenize_batch(batch.captions, config.model.max_tokens)
                         .masked_fill(draws.drop.unsqueeze(1), model::kPadToken)
@@ -272,6 +305,14 @@ void train(const Config& config, MpiSession& session, const TrainingHooks& hooks
       }
       net->train();
       last_log = Clock::now();  // evaluation time is not training throughput
+    }
+
+    const bool last_step = state.step == config.train.max_steps;
+    if (hooks.validation && lead &&
+        ((config.eval.prompts_every > 0 && state.step % config.eval.prompts_every == 0) || last_step)) {
+      hooks.validation(ema_net, state.step);
+      net->train();
+      last_log = Clock::now();
     }
 
     // One tiny all-reduce per step: every rank stops at the same step if any rank was signalled.

@@ -16,6 +16,8 @@ class Communicator;
 // depends on the trainer). fid: collective; returns the FID of the EMA model.
 struct TrainingHooks {
   std::function<double(model::UNet& ema, Communicator& comm)> fid;
+  // Rank 0 only: validation grid of eval.prompts every eval.prompts_every steps and at the end.
+  std::function<void(model::UNet& ema, int64_t step)> validation;
 };
 
 // Trains until config.train.max_steps, resuming from the newest complete

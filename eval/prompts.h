@@ -1,0 +1,28 @@
+// Where evaluation prompts come from: a prompt file (one per line), the
+// captions of a reference shard set in a seeded order (image i with caption i),
+// or the built-in colour x shape list for the synthetic data.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace difftrain {
+struct Config;
+}
+
+namespace difftrain::eval {
+
+// One prompt per line; blank lines are skipped, a trailing "\r" is dropped.
+// Throws std::runtime_error naming the file when it cannot be read or holds no prompt.
+std::vector<std::string> read_prompt_file(const std::string& path);
+
+// Every caption of the shard set `dir`, in the seeded order of data::seeded_order.
+std::vector<std::string> shard_set_prompts(const std::string& dir, uint64_t seed);
+
+// The prompts a training-time FID point samples with: eval.captions' captions if
+// set; else the built-in list for synthetic data; else data.dir's captions.
+// `source` (may be null) receives a description for the log.
+std::vector<std::string> training_eval_prompts(const Config& config, std::string* source);
+
+}  // namespace difftrain::eval
