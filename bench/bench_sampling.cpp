@@ -91,7 +91,7 @@ int main(int argc, char** argv) {
     const int64_t n = diffusion::sampler_nfe(spec, schedule);
     const double seconds = best_seconds(repeats, [&] {
       diffusion::PerImageNoise noise(seeds);
-      diffusion::run_sampler(spec, guided, noise.randn({3, H, H}, torch::kFloat32), schedule, noise);
+      diffusion::run_sampler(spec, guided, noise.randn({config.data.channels, H, H}, torch::kFloat32), schedule, noise);
     });
     const double rate = static_cast<double>(batch) / seconds;
     if (ddim_rate == 0) ddim_rate = rate;
@@ -108,7 +108,7 @@ int main(int argc, char** argv) {
   auto time_with = [&](const diffusion::EpsModel& model) {
     return best_seconds(repeats, [&] {
       diffusion::PerImageNoise noise(seeds);
-      diffusion::run_sampler(spec, model, noise.randn({3, H, H}, torch::kFloat32), schedule, noise);
+      diffusion::run_sampler(spec, model, noise.randn({config.data.channels, H, H}, torch::kFloat32), schedule, noise);
     });
   };
   const double batched = time_with(guided), separate = time_with(two_forwards);

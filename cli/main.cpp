@@ -1,5 +1,6 @@
 // difftrain command line: a thin layer over the libraries.
 //   make-data      write the built-in synthetic captioned-shapes shards
+//   make-shards    convert a folder (metadata.jsonl) or CSV/TSV of captioned images to shards
 //   train          train (under mpirun/srun: one rank per process)
 //   sample         evaluation sampling from a checkpoint
 //   colour-match   fraction of sampled images showing their prompt's colour
@@ -17,6 +18,7 @@
 #include <filesystem>
 #include <optional>
 
+#include "cli/make_shards_command.h"
 #include "data/synthetic_shapes.h"
 #include "eval/atomic_write.h"
 #include "eval/class_match.h"
@@ -212,6 +214,8 @@ int main(int argc, char** argv) {
   make_data->add_option("--shard-size", spec.shard_size, "images per shard")->check(CLI::PositiveNumber);
   make_data->add_option("--seed", spec.seed, "random seed");
 
+  const auto make_shards = cli::add_make_shards_command(app);
+
   auto* train = app.add_subcommand("train", "train a model (one process per rank under mpirun/srun)");
   std::string config_path;
   std::vector<std::string> overrides;
@@ -247,6 +251,8 @@ int main(int argc, char** argv) {
   sample->add_option("--seed", so.seed, "base seed; image i uses seed + i");
   sample->add_option("--batch-size", so.batch_size, "images per forward pass")->check(CLI::PositiveNumber);
   sample->add_option("--threads", so.threads, "torch threads")->check(CLI::PositiveNumber);
+  sample->add_option("--precision", so.precision, "network precision: fp32 or bf16 (autocast)")
+      ->check(CLI::IsMember({"fp32", "bf16"}));
 
   auto* colour = app.add_subcommand("colour-match", "fraction of sampled images whose colour matches the prompt");
   std::string manifest;
@@ -316,6 +322,8 @@ int main(int argc, char** argv) {
   double sweep_timeout = 600;
   sweep->add_option("--timeout", sweep_timeout, "seconds a collective may take before the job ends with an error (default 600)")
       ->check(CLI::PositiveNumber);
+  sweep->add_option("--precision", sweep_options.precision, "network precision: fp32 or bf16 (autocast)")
+      ->check(CLI::IsMember({"fp32", "bf16"}));
   sweep->add_option("--reference-limit", sweep_options.reference_limit, "reference images used (0: all)");
 
   auto* features = app.add_subcommand(
@@ -357,6 +365,7 @@ int main(int argc, char** argv) {
       std::printf("%zu shards in %s\n", paths.size(), data_out.c_str());
       return 0;
     }
+    if (*make_shards->app) return cli::run_make_shards_command(argc, argv, *make_shards);
     if (*train) return run_train(argc, argv, config_path, overrides);
     if (*sample) {
       if (!sample_prompt_file.empty()) {

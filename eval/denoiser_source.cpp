@@ -1,5 +1,7 @@
 #include "eval/denoiser_source.h"
 
+#include "trainer/precision.h"
+
 #include <torch/script.h>
 #include <torch/torch.h>
 
@@ -83,6 +85,19 @@ DenoiserSource load_torchscript_denoiser(const std::string& path, int64_t image_
   };
   s.description = "TorchScript " + path;
   return s;
+}
+
+DenoiserSource with_precision(DenoiserSource source, const std::string& precision) {
+  if (precision == "fp32") return source;
+  if (precision != "bf16")
+    throw std::invalid_argument("sampling precision '" + precision + "': expected fp32 or bf16");
+  source.network = [inner = source.network](const torch::Tensor& x, const torch::Tensor& t,
+                                            const torch::Tensor& tokens) {
+    AutocastScope autocast(Precision::kBf16, x.device());
+    return inner(x, t, tokens).to(torch::kFloat32);
+  };
+  source.description += " (bf16 autocast)";
+  return source;
 }
 
 void export_denoiser(const std::string& path, const std::string& out) {

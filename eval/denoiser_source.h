@@ -34,6 +34,11 @@ DenoiserSource denoiser_from_model(model::UNet net, const Config& config, const 
 // image_size / max_tokens: used when the file does not carry them (0 = not given).
 DenoiserSource load_torchscript_denoiser(const std::string& path, int64_t image_size, int64_t max_tokens);
 
+// The same source with its network run under autocast ("fp32": unchanged;
+// "bf16": CPU or GPU, e.g. the AMX units of recent Xeons); the sampler's own
+// arithmetic stays float32. Throws std::invalid_argument for another name.
+DenoiserSource with_precision(DenoiserSource source, const std::string& precision);
+
 // Writes the checkpoint's EMA model, text encoder included, in the TorchScript
 // denoiser form above; v-prediction models are converted to eps-hat inside it.
 void export_denoiser(const std::string& checkpoint_or_run_dir, const std::string& path);

@@ -218,8 +218,9 @@ void run_sweep(const SweepOptions& input, Communicator* comm) {
   const bool lead = !comm || comm->rank() == 0;
   if (lead) fs::create_directories(o.out_dir);
   if (comm) comm->barrier("sweep: output directory made");
-  const DenoiserSource source = o.model_file.empty() ? load_checkpoint_denoiser(o.checkpoint)
-                                                     : load_torchscript_denoiser(o.model_file, 0, 0);
+  const DenoiserSource source = with_precision(o.model_file.empty() ? load_checkpoint_denoiser(o.checkpoint)
+                                                                    : load_torchscript_denoiser(o.model_file, 0, 0),
+                                               o.precision);
   FeatureExtractor extractor(o.extractor);
   const GaussianStats reference = reference_stats(o, extractor, comm);
 

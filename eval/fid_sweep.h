@@ -57,6 +57,7 @@ struct SweepOptions {
   int64_t compare_steps = 0;           // step count of the side-by-side grid (0: the smallest in `steps`)
   int64_t compare_rows = 6;           // 0: no side-by-side grid (it runs full DDPM, the slow column)
   int64_t reference_limit = 0;         // images of the reference set used (0: all)
+  std::string precision = "fp32";      // the network's: fp32 | bf16 (eval/denoiser_source.h with_precision)
 };
 
 // Writes out_dir/results.jsonl (one line per point, appended as points finish, so

@@ -60,9 +60,10 @@ SampleResult run_sample_job(const SampleOptions& o) {
   if (o.checkpoint.empty() == o.model_file.empty())
     throw std::invalid_argument("sample: give exactly one of --checkpoint and --model");
   torch::set_num_threads(static_cast<int>(o.threads));
-  const DenoiserSource source = o.model_file.empty()
-                                    ? load_checkpoint_denoiser(o.checkpoint)
-                                    : load_torchscript_denoiser(o.model_file, o.image_size, o.max_tokens);
+  const DenoiserSource source =
+      with_precision(o.model_file.empty() ? load_checkpoint_denoiser(o.checkpoint)
+                                          : load_torchscript_denoiser(o.model_file, o.image_size, o.max_tokens),
+                     o.precision);
   diffusion::validate(o.sampler, source.schedule);
   const int64_t steps = static_cast<int64_t>(diffusion::sampler_timesteps(o.sampler, source.schedule).size());
   const int64_t nfe = diffusion::sampler_nfe(o.sampler, source.schedule);

@@ -25,6 +25,7 @@ struct SampleOptions {
   int64_t batch_size = 64;
   int64_t threads = 2;
   int64_t upscale = 4;              // grid cells are upscaled for viewing
+  std::string precision = "fp32";   // the network's: fp32 | bf16
 };
 
 struct SampleResult {
