@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -97,29 +98,47 @@ void write_summaries(const SweepOptions& o, const std::vector<nlohmann::json>& r
           << r["images_per_second"] << '\n';
   }
   std::ofstream(dir / "results.json") << nlohmann::json(rows).dump(2) << "\n";
-  for (double w : o.guidance) {
-    std::map<std::string, PlotSeries> by_sampler;
+  // Every point in the folder, also those of earlier calls with other samplers,
+  // guidance scales or sample counts (FID depends on N, so mixed N are labelled).
+  std::set<double> scales;
+  std::set<int64_t> sample_counts;
+  for (const auto& r : rows) scales.insert(r["guidance"].get<double>()), sample_counts.insert(r["samples"].get<int64_t>());
+  const auto series_name = [&](const nlohmann::json& r) {
+    std::string name = r["sampler"].get<std::string>();
+    if (sample_counts.size() > 1) name += " N=" + std::to_string(r["samples"].get<int64_t>());
+    return name;
+  };
+  for (double w : scales) {
+    std::map<std::string, PlotSeries> by_series;
+    std::vector<std::string> order;  // this call's samplers first, then the rest as found
+    for (const auto& name : o.samplers)
+      for (const auto& r : rows)
+        if (r["sampler"] == name && r["guidance"].get<double>() == w &&
+            std::find(order.begin(), order.end(), series_name(r)) == order.end())
+          order.push_back(series_name(r));
     for (const auto& r : rows) {
       if (r["guidance"].get<double>() != w) continue;
-      auto& s = by_sampler[r["sampler"]];
-      s.label = r["sampler"];
+      const std::string name = series_name(r);
+      if (std::find(order.begin(), order.end(), name) == order.end()) order.push_back(name);
+      auto& s = by_series[name];
+      s.label = name;
       s.x.push_back(r["nfe"].get<double>());
       s.y.push_back(r["fid"].get<double>());
     }
     std::vector<PlotSeries> series;
-    for (const auto& name : o.samplers) {
-      auto it = by_sampler.find(name);
-      if (it == by_sampler.end()) continue;
+    for (const auto& name : order) {
+      const auto& found = by_series.at(name);
       // Sorted by NFE so the line runs left to right.
-      std::vector<size_t> order(it->second.x.size());
-      for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-      std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return it->second.x[a] < it->second.x[b]; });
-      PlotSeries sorted{it->second.label, {}, {}};
-      for (size_t i : order) sorted.x.push_back(it->second.x[i]), sorted.y.push_back(it->second.y[i]);
+      std::vector<size_t> by_nfe(found.x.size());
+      for (size_t i = 0; i < by_nfe.size(); ++i) by_nfe[i] = i;
+      std::sort(by_nfe.begin(), by_nfe.end(), [&](size_t a, size_t b) { return found.x[a] < found.x[b]; });
+      PlotSeries sorted{found.label, {}, {}};
+      for (size_t i : by_nfe) sorted.x.push_back(found.x[i]), sorted.y.push_back(found.y[i]);
       series.push_back(sorted);
     }
     PlotOptions plot;
     plot.title = "FID vs network evaluations, guidance w = " + guidance_tag(w).substr(1);
+    if (sample_counts.size() == 1) plot.title += ", N = " + std::to_string(*sample_counts.begin());
     plot.x_label = "NFE per image";
     plot.y_label = "FID";
     write_png((dir / ("fid_vs_nfe-" + guidance_tag(w) + ".png")).string(), plot_lines(series, plot));

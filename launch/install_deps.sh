@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything difftrain needs to build and run on Debian 12 (as root);
-# with --tests also what the tests use as independent references (h5py, scipy, torch).
+# with --tests also what the tests use as independent references (h5py, scipy, torch, PIL);
+# with --fashion-mnist the data set and PIL for launch/fashion_mnist_job.sh.
 set -euo pipefail
 packages=(
   g++ cmake ninja-build ccache pkg-config git
@@ -8,11 +9,13 @@ packages=(
   libopenmpi-dev openmpi-bin                # MPI
   libhdf5-dev libyaml-cpp-dev prometheus-cpp-dev libgtest-dev libcli11-dev
   libspdlog-dev nlohmann-json3-dev libgd-dev
+  libvips-dev                               # make-shards: JPEG/PNG/WebP decoding, EXIF rotation, resizing
   curl iproute2 bc                          # iproute2, bc: launch/multihost_demo.sh
 )
-if [[ ${1:-} == --tests ]]; then
-  packages+=(python3-h5py python3-numpy python3-scipy python3-torch python3-torchvision)
-fi
+case ${1:-} in
+  --tests) packages+=(python3-h5py python3-numpy python3-scipy python3-torch python3-torchvision python3-pil) ;;
+  --fashion-mnist) packages+=(dataset-fashion-mnist python3-pil) ;;   # launch/fashion_mnist_job.sh
+esac
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
