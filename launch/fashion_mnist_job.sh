@@ -9,19 +9,26 @@
 #   -> FID sweep of the samplers at reduced step counts against the real test split.
 # Usage: launch/install_deps.sh --fashion-mnist && launch/build.sh difftrain &&
 #        launch/fashion_mnist_job.sh [extra key.path=value overrides for training]
-# Sizes: FASHION_SWEEP_SAMPLES (2000: DDIM and DPM-Solver++(2M) at FASHION_FAST_STEPS),
-# FASHION_SLOW_SAMPLES (500: full, naive and respaced DDPM), FASHION_CLASS_IMAGES (50 per
-# class and scale), FASHION_SWEEP_PRECISION (bf16 autocast of the network; fp32).
+# Sizes (the defaults fit the hour on 2 cores; docs/FASHION_MNIST.md gives the cost of more):
+#   FASHION_SWEEP_SAMPLES (2000) images per point for DDIM and DPM-Solver++(2M) at
+#   FASHION_FAST_STEPS (10,25); FASHION_SLOW_SAMPLES (200) images per point for the
+#   equal-N comparison of all five samplers (full DDPM at w=1, naive and respaced DDPM,
+#   DDIM, DPM-Solver++(2M)) at FASHION_SLOW_STEPS (10); FASHION_CLASS_IMAGES (30) per
+#   class and scale; FASHION_FEATURE_STEPS (1000) for the domain classifier;
+#   FASHION_SWEEP_PRECISION (bf16 autocast of the network, or fp32); FASHION_WORK (runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=build/cli/difftrain
-data=runs/data/fashion-mnist
-run_dir=runs/fashion-mnist
+work=${FASHION_WORK:-runs}
+data=$work/data/fashion-mnist
+run_dir=$work/fashion-mnist
 ranks=${DIFFTRAIN_RANKS:-2}
 sweep_samples=${FASHION_SWEEP_SAMPLES:-2000}
-slow_samples=${FASHION_SLOW_SAMPLES:-500}
-class_images=${FASHION_CLASS_IMAGES:-50}
-fast_steps=${FASHION_FAST_STEPS:-10,25,50}
+slow_samples=${FASHION_SLOW_SAMPLES:-200}
+class_images=${FASHION_CLASS_IMAGES:-30}
+fast_steps=${FASHION_FAST_STEPS:-10,25}
+slow_steps=${FASHION_SLOW_STEPS:-10}
+feature_steps=${FASHION_FEATURE_STEPS:-1000}
 sweep_precision=${FASHION_SWEEP_PRECISION:-bf16}
 mpi=(launch/mpirun.sh -np "$ranks")
 mkdir -p "$run_dir"
@@ -46,7 +53,7 @@ done
 stage "domain feature extractor / classifier on the training split"
 features=$data/features32.pt
 [[ -f $features ]] || "$bin" features --data "$data/train32" --holdout-data "$data/test32" --out "$features" \
-  --labels column --steps 1500 --threads 2 | tee "$run_dir/features-report.txt"
+  --labels column --steps "$feature_steps" --threads 2 | tee "$run_dir/features-report.txt"
 
 stage "FID reference: the real test split; floor: 2000 real training images against it"
 reference=$data/test32-fid-reference.h5
@@ -59,7 +66,8 @@ reference=$data/test32-fid-reference.h5
 } | tee "$run_dir/fid-floor.txt"
 
 stage "training with $ranks MPI ranks (configs/fashion_mnist.yaml); metrics on 127.0.0.1:9400+rank"
-"${mpi[@]}" "$bin" train --config configs/fashion_mnist.yaml "$@"
+"${mpi[@]}" "$bin" train --config configs/fashion_mnist.yaml "run.dir=$run_dir" "data.dir=$data/train32" \
+  "eval.captions=$data/test32" "$@"
 
 stage "class agreement: DDIM 25 steps, w=1 and w=3, $class_images images per class"
 sed -n 's/.*"text": "\([^"]*\)".*/\1/p' "$data/folders/test/metadata.jsonl" | sort -u > "$run_dir/class-prompts.txt"
@@ -70,21 +78,29 @@ sed -n 's/.*"text": "\([^"]*\)".*/\1/p' "$data/folders/test/metadata.jsonl" | so
 
 stage "FID sweep (prompts: test-split captions, image i with caption i)"
 sweep=("${mpi[@]}" "$bin" eval sweep --checkpoint "$run_dir" --extractor "$features" --reference "$reference"
-       --captions-from "$data/test32" --batch-size 100 --precision "$sweep_precision" --out "$run_dir/fid-sweep")
-# One folder; each call adds points, and the summaries and plots cover all of them.
-"${sweep[@]}" --samplers ddim,dpm-solver++2m --steps $fast_steps --guidance 1,3 --samples "$sweep_samples" --compare-rows 0
-"${sweep[@]}" --samplers ddpm-naive,ddpm-respaced --steps 10,25,50 --guidance 1,3 --samples "$slow_samples" --compare-rows 0
-"${sweep[@]}" --samplers ddpm --guidance 1 --samples "$slow_samples" --compare-rows 0
-# Side by side, same prompts and seeds: full DDPM | naive | respaced | DDIM | DPM-Solver++(2M) at 25 steps.
-"${sweep[@]}" --samplers ddim --steps 25 --guidance 1,3 --samples "$sweep_samples" --compare-steps 25 --compare-rows 10
+       --captions-from "$data/test32" --batch-size 100 --precision "$sweep_precision")
+# One folder per N (FID depends on N); each call adds points, the summaries cover all of them.
+"${sweep[@]}" --samplers ddim,dpm-solver++2m --steps "$fast_steps" --guidance 1,3 --samples "$sweep_samples" \
+  --compare-rows 0 --out "$run_dir/fid-sweep"
+slow=("${sweep[@]}" --samples "$slow_samples" --out "$run_dir/fid-sweep-n$slow_samples")
+"${slow[@]}" --samplers ddpm-naive,ddpm-respaced,ddim,dpm-solver++2m --steps "$slow_steps" --guidance 1,3 --compare-rows 0
+"${slow[@]}" --samplers ddpm --guidance 1 --compare-rows 0
+# Side by side, same prompts and seeds: full DDPM | naive | respaced | DDIM | DPM-Solver++(2M).
+"${slow[@]}" --samplers ddpm-naive,ddpm-respaced,ddim,dpm-solver++2m --steps "$slow_steps" --guidance 1,3 \
+  --compare-steps "${slow_steps%%,*}" --compare-rows 10
 stage done
 
-awk -F, '{printf "  %-15s %6s %5s %9s %7s %10s\n", $1, $2, $3, $4, $6, $8}' "$run_dir/fid-sweep/results.csv"
+for f in "$run_dir"/fid-sweep*/results.csv; do
+  echo "== $f"
+  awk -F, '{printf "  %-15s %6s %5s %9s %7s %10s\n", $1, $2, $3, $4, $6, $8}' "$f"
+done
+column -t -s $'\t' "$times"
 cat <<EOT
 == outputs
   stage wall times : $times
   FID floor        : $run_dir/fid-floor.txt
   class agreement  : $run_dir/class-match.txt (samples/grid-w1.png, grid-w3.png)
   validation grids : $run_dir/validation/
-  FID sweep        : $run_dir/fid-sweep/ (results.csv, fid_vs_nfe-w1.png, fid_vs_nfe-w3.png, comparison-w1.png)
+  FID sweeps       : $run_dir/fid-sweep/ (N=$sweep_samples), $run_dir/fid-sweep-n$slow_samples/ (all five samplers;
+                     comparison-w1.png, comparison-w3.png side by side); results.csv, fid_vs_nfe-w*.png
 EOT
