@@ -19,7 +19,6 @@ Usage: bench/bench_data_parallel.py [--binary build/cli/difftrain] [--repeats 2]
 """
 import argparse
 import json
-import os
 import pathlib
 import statistics
 import subprocess

@@ -18,6 +18,7 @@
 #include <filesystem>
 #include <optional>
 
+#include "cli/fail.h"
 #include "cli/make_shards_command.h"
 #include "data/synthetic_shapes.h"
 #include "eval/atomic_write.h"
@@ -44,14 +45,7 @@ namespace {
 
 using namespace difftrain;
 
-int g_rank = 0, g_world = 1;
-
-[[noreturn]] void fail(const std::string& message) {
-  if (g_world > 1) std::fprintf(stderr, "difftrain: error [rank %d]: %s\n", g_rank, message.c_str());
-  else std::fprintf(stderr, "difftrain: error: %s\n", message.c_str());
-  std::fflush(stderr);
-  MpiSession::abort_job(1);
-}
+using cli::fail;
 
 // The training-time FID point and validation grids. Extractor, reference and
 // prompts load before training starts, so a bad path stops the run at once,
@@ -90,8 +84,8 @@ TrainingHooks training_hooks(const Config& config) {
 
 int run_train(int argc, char** argv, const std::string& config_path, const std::vector<std::string>& overrides) {
   MpiSession session(&argc, &argv);
-  g_rank = session.rank(), g_world = session.world_size();
-  if (g_rank != 0) spdlog::set_level(spdlog::level::warn);
+  cli::set_error_rank(session.rank(), session.world_size());
+  if (session.rank() != 0) spdlog::set_level(spdlog::level::warn);
   // Failures are reported while MPI is still up, so the abort reaches every rank.
   try {
     const Config config = load_config(config_path, overrides);
@@ -106,8 +100,8 @@ int run_train(int argc, char** argv, const std::string& config_path, const std::
 
 int run_sweep_command(int argc, char** argv, const eval::SweepOptions& options, double timeout_seconds) {
   MpiSession session(&argc, &argv);
-  g_rank = session.rank(), g_world = session.world_size();
-  if (g_rank != 0) spdlog::set_level(spdlog::level::warn);
+  cli::set_error_rank(session.rank(), session.world_size());
+  if (session.rank() != 0) spdlog::set_level(spdlog::level::warn);
   try {
     torch::set_num_threads(1);
     auto comm = make_communicator(session, torch::kCPU, {timeout_seconds});

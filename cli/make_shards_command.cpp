@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <sstream>
 
+#include "cli/fail.h"
 #include "monitoring/progress.h"
 #include "trainer/communicator.h"
 #include "trainer/mpi_session.h"
@@ -14,14 +15,6 @@
 namespace difftrain::cli {
 namespace {
 
-int g_rank = 0, g_world = 1;
-
-[[noreturn]] void fail(const std::string& message) {
-  if (g_world > 1) std::fprintf(stderr, "difftrain: error [rank %d]: %s\n", g_rank, message.c_str());
-  else std::fprintf(stderr, "difftrain: error: %s\n", message.c_str());
-  std::fflush(stderr);
-  MpiSession::abort_job(1);
-}
 
 // "R,G,B" with each 0..255.
 std::array<uint8_t, 3> parse_background(const std::string& text) {
@@ -127,27 +120,28 @@ std::unique_ptr<MakeShardsCommand> add_make_shards_command(CLI::App& app) {
 
 int run_make_shards_command(int argc, char** argv, const MakeShardsCommand& command) {
   MpiSession session(&argc, &argv);
-  g_rank = session.rank(), g_world = session.world_size();
+  const int rank = session.rank(), world = session.world_size();
+  set_error_rank(rank, world);
   try {
     const data::MakeShardsOptions options = checked_options(command);
     torch::set_num_threads(1);
     auto comm = make_communicator(session, torch::kCPU, {command.timeout_seconds});
     // Every rank lists the input itself (the same list); rank 0 alone records or checks the plan.
     const data::InputList list = data::list_inputs(options);
-    if (g_rank == 0) data::prepare_output(options, list);
+    if (rank == 0) data::prepare_output(options, list);
     comm->barrier("make-shards: plan recorded");
 
-    ProgressLine progress(g_rank == 0);
+    ProgressLine progress(rank == 0);
     const data::ConvertStats stats = data::convert_chunks(
-        options, list, g_rank, g_world, [&](int64_t done, int64_t total) { progress.update(done, total); });
+        options, list, rank, world, [&](int64_t done, int64_t total) { progress.update(done, total); });
     const auto totals = comm->allreduce_sum(
         {double(stats.chunks_converted), double(stats.chunks_kept)}, "make-shards: every rank's chunks done");
-    if (g_rank == 0) {
+    if (rank == 0) {
       const data::MakeShardsSummary summary = data::finish_make_shards(options, list);
       std::printf("%s", data::format_summary(summary).c_str());
       std::printf("chunks: %lld converted now, %lld kept from an earlier run (%d rank%s)\n",
-                  static_cast<long long>(totals[0]), static_cast<long long>(totals[1]), g_world,
-                  g_world == 1 ? "" : "s");
+                  static_cast<long long>(totals[0]), static_cast<long long>(totals[1]), world,
+                  world == 1 ? "" : "s");
       std::fflush(stdout);
       if (summary.written == 0) {
         fail("none of the " + std::to_string(summary.inputs) + " inputs could be used; the reasons are in " +

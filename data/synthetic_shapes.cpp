@@ -83,7 +83,8 @@ void check_existing(const std::string& path, const SyntheticSpec& spec, int64_t 
     throw ShardError("shard " + path + ": exists but was not written by this synthetic spec (" +
                      spec_string(spec) + "; found " +
                      (recorded ? "\"" + *recorded + "\"" : std::string("no synthetic_spec")) +
-                     "); delete the directory to regenerate");
+                     "); the built-in data is never written over other shards: set data.dir to another directory "
+                     "for it, or data.synthetic=false to train on the shards there");
   }
 }
 

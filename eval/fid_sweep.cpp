@@ -190,7 +190,6 @@ FidPointResult fid_point(const DenoiserSource& source, const FidPoint& point, co
   std::vector<int64_t> mine;
   for (int64_t i = rank; i < samples; i += world) mine.push_back(i);
   FeatureStats stats(extractor.dim());
-  // This rank's share, scaled to the whole point (the shares are equal to within one image).
   std::unique_ptr<monitoring::RateProgress> progress;
   if (rank == 0 && show_progress)
     progress = std::make_unique<monitoring::RateProgress>(
@@ -205,8 +204,14 @@ FidPointResult fid_point(const DenoiserSource& source, const FidPoint& point, co
       captions.push_back(prompts[mine[k] % prompts.size()]);
       seeds.push_back(seed + static_cast<uint64_t>(mine[k]));
     }
-    stats.add(extractor.features(to_unit_range(generate_images(source, point.sampler, point.guidance, captions, seeds))));
-    if (progress) progress->update(std::min<int64_t>(samples, static_cast<int64_t>(end) * world));
+    // Rank 0's share scaled to the whole point (the shares are equal to within one image).
+    const auto report = [&](double fraction) {
+      if (progress)
+        progress->update(std::min(static_cast<double>(samples),
+                                  (static_cast<double>(begin) + fraction * static_cast<double>(end - begin)) * world));
+    };
+    stats.add(extractor.features(
+        to_unit_range(generate_images(source, point.sampler, point.guidance, captions, seeds, report))));
   }
   if (comm) {
     auto& buffer = stats.buffer();

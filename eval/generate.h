@@ -5,6 +5,7 @@
 
 #include <torch/types.h>
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -14,7 +15,10 @@
 namespace difftrain::eval {
 
 // captions/seeds: one per image. Returns (B, C, H, W) float32 in [-1, 1] (not yet clamped or quantised).
+// on_step (optional) gets the fraction of the sampler's steps done after each step,
+// so a 1000-step DDPM batch reports progress while it runs.
 torch::Tensor generate_images(const DenoiserSource& source, const diffusion::SamplerSpec& sampler, double guidance,
-                              const std::vector<std::string>& captions, const std::vector<uint64_t>& seeds);
+                              const std::vector<std::string>& captions, const std::vector<uint64_t>& seeds,
+                              const std::function<void(double fraction)>& on_step = nullptr);
 
 }  // namespace difftrain::eval

@@ -88,7 +88,9 @@ SampleResult run_sample_job(const SampleOptions& o) {
         captions.push_back(o.prompts[i / o.images_per_prompt]);
         seeds.push_back(o.seed + static_cast<uint64_t>(i));  // the same noise for the same image at every scale
       }
-      const auto pixels = tensor_to_images(generate_images(source, o.sampler, w, captions, seeds));
+      const auto pixels = tensor_to_images(generate_images(
+          source, o.sampler, w, captions, seeds,
+          [&](double fraction) { progress.update(static_cast<double>(start) + fraction * static_cast<double>(n)); }));
       const size_t image_bytes = static_cast<size_t>(H * H * C);
       for (int64_t k = 0; k < n; ++k) {
         Image img = image_from_hwc(pixels.data() + k * image_bytes, H, H, C);
@@ -100,7 +102,6 @@ SampleResult run_sample_job(const SampleOptions& o) {
         images.push_back(std::move(img));
         labels.push_back(captions[k]);
       }
-      progress.update(start + n);
     }
     // Whole prompts per row, about six images wide.
     const int64_t per_row = o.images_per_prompt * std::max<int64_t>(1, 6 / o.images_per_prompt);

@@ -95,8 +95,10 @@ for f in "$run_dir"/fid-sweep*/results.csv; do
   awk -F, '{printf "  %-15s %6s %5s %9s %7s %10s\n", $1, $2, $3, $4, $6, $8}' "$f"
 done
 column -t -s $'\t' "$times"
+/usr/bin/python3 launch/fashion_mnist_report.py "$run_dir" > "$run_dir/report.md"
 cat <<EOT
 == outputs
+  report (tables)  : $run_dir/report.md
   stage wall times : $times
   FID floor        : $run_dir/fid-floor.txt
   class agreement  : $run_dir/class-match.txt (samples/grid-w1.png, grid-w3.png)

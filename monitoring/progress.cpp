@@ -34,14 +34,14 @@ std::string format_progress(int64_t step, int64_t total, double loss, double ima
   return buf;
 }
 
-std::string format_rate_progress(const std::string& label, int64_t done, int64_t total, double seconds,
+std::string format_rate_progress(const std::string& label, double done, int64_t total, double seconds,
                                  const std::string& unit) {
-  const double rate = seconds > 0 ? static_cast<double>(done) / seconds : 0.0;
-  const double percent = total > 0 ? 100.0 * static_cast<double>(done) / static_cast<double>(total) : 0.0;
-  const std::string eta = rate > 0 ? format_duration(static_cast<double>(total - done) / rate) : "--";
+  const double rate = seconds > 0 ? done / seconds : 0.0;
+  const double percent = total > 0 ? 100.0 * done / static_cast<double>(total) : 0.0;
+  const std::string eta = rate > 0 ? format_duration((static_cast<double>(total) - done) / rate) : "--";
   char buf[256];
   std::snprintf(buf, sizeof buf, "%s: %lld/%lld %s (%.1f%%)  %.1f %s/s  ETA %s", label.c_str(),
-                static_cast<long long>(done), static_cast<long long>(total), unit.c_str(), percent, rate,
+                static_cast<long long>(done + 1e-9), static_cast<long long>(total), unit.c_str(), percent, rate,
                 unit == "images" ? "img" : unit.c_str(), eta.c_str());
   return buf;
 }
@@ -50,9 +50,9 @@ RateProgress::RateProgress(std::string label, int64_t total, double interval_sec
     : label_(std::move(label)), unit_(std::move(unit)), total_(total), interval_(interval_seconds),
       start_(Clock::now()), last_print_(start_) {}
 
-void RateProgress::update(int64_t done) {
+void RateProgress::update(double done) {
   const auto now = Clock::now();
-  if (done < total_ && std::chrono::duration<double>(now - last_print_).count() < interval_) return;
+  if (done < static_cast<double>(total_) && std::chrono::duration<double>(now - last_print_).count() < interval_) return;
   last_print_ = now;
   const double seconds = std::chrono::duration<double>(now - start_).count();
   std::fprintf(stderr, "%s\n", format_rate_progress(label_, done, total_, seconds, unit_).c_str());

@@ -18,7 +18,7 @@ std::string format_progress(int64_t step, int64_t total, double loss, double ima
 std::string format_duration(double seconds);
 
 // "sampling w=3: 640/2000 images (32.0%)  41.3 img/s  ETA 33s" after `seconds` of work.
-std::string format_rate_progress(const std::string& label, int64_t done, int64_t total, double seconds,
+std::string format_rate_progress(const std::string& label, double done, int64_t total, double seconds,
                                  const std::string& unit = "images");
 
 // Prints format_rate_progress lines to stderr for long jobs (sampling, FID
@@ -26,7 +26,7 @@ std::string format_rate_progress(const std::string& label, int64_t done, int64_t
 class RateProgress {
  public:
   RateProgress(std::string label, int64_t total, double interval_seconds = 5.0, std::string unit = "images");
-  void update(int64_t done);  // done of total so far
+  void update(double done);  // done of total so far (fractions of an image count toward the rate)
 
  private:
   using Clock = std::chrono::steady_clock;

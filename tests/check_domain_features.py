@@ -15,11 +15,9 @@
 import json
 import pathlib
 import re
-import shutil
 import struct
 import subprocess
 import sys
-import tempfile
 import unittest
 import zlib
 from typing import Dict, List
@@ -27,6 +25,8 @@ from typing import Dict, List
 import h5py
 import numpy as np
 import torch
+
+from cli_test_util import TempDirTest
 
 DIFFTRAIN = TOOL = None
 FEATURE_DIM = 256
@@ -81,21 +81,8 @@ def write_grey_bars(directory, count, seed, side=12):
             f.attrs["label_names"] = json.dumps(["horizontal", "vertical", "cross"])
 
 
-class Workdir(unittest.TestCase):
-    def setUp(self):
-        self.dir = pathlib.Path(tempfile.mkdtemp(prefix="difftrain-domain-"))
-
-    def tearDown(self):
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def assert_clean_error(self, result, *culprits):
-        self.assertGreater(result.returncode, 0, result.stdout + result.stderr)
-        self.assertLess(result.returncode, 128, f"killed by a signal: {result.returncode}")
-        lines = [l for l in result.stderr.splitlines() if l.strip()]
-        self.assertEqual(len(lines), 1, f"expected one error line, got:\n{result.stderr}")
-        self.assertTrue(lines[0].startswith("difftrain: error: "), lines[0])
-        for c in culprits:
-            self.assertIn(c, lines[0])
+class Workdir(TempDirTest):
+    prefix = "difftrain-domain-"
 
 
 class Extractor(Workdir):

@@ -3,16 +3,16 @@ sampling, and resume after kill -9. Run: cli_tests.py DIFFTRAIN_BINARY TEST_NAME
 import json
 import os
 import pathlib
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import unittest
 
 import h5py
 import numpy as np
+
+from cli_test_util import TempDirTest
 
 BINARY = None
 HERE = pathlib.Path(__file__).resolve().parent
@@ -24,26 +24,11 @@ def run(args, timeout=300, **kwargs):
     return subprocess.run([BINARY] + args, capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
-class Workdir(unittest.TestCase):
-    def setUp(self):
-        self.dir = pathlib.Path(tempfile.mkdtemp(prefix="difftrain-cli-"))
-
-    def tearDown(self):
-        shutil.rmtree(self.dir, ignore_errors=True)
+class Workdir(TempDirTest):
+    prefix = "difftrain-cli-"
 
     def train_args(self, *extra, run_dir="run", data_dir="data"):
         return ["train", "--config", TINY, f"run.dir={self.dir / run_dir}", f"data.dir={self.dir / data_dir}", *extra]
-
-    def assert_clean_error(self, result, *culprits):
-        """Non-zero exit by the program itself (no signal), one error line naming the culprit."""
-        self.assertNotEqual(result.returncode, 0, result.stdout + result.stderr)
-        self.assertGreater(result.returncode, 0, f"killed by a signal: {result.returncode}")
-        self.assertLess(result.returncode, 128, f"killed by a signal: {result.returncode}")
-        lines = [l for l in result.stderr.splitlines() if l.strip()]
-        self.assertEqual(len(lines), 1, f"expected one error line, got:\n{result.stderr}")
-        self.assertTrue(lines[0].startswith("difftrain: error: "), lines[0])
-        for c in culprits:
-            self.assertIn(c, lines[0])
 
 
 class BadInput(Workdir):
@@ -413,7 +398,7 @@ class FailureHandling(Workdir):
                                                                            run_dir="killed"),
                            capture_output=True, text=True, timeout=300)
         self.assertEqual(r.returncode, 0, r.stderr[-2000:])
-        self.assertIn(f"resumed from", r.stdout)
+        self.assertIn("resumed from", r.stdout)
         self.assertIn(f"at step {newest}", r.stdout)
 
     def test_sigusr1_to_one_rank_stops_every_rank_at_one_step(self):

@@ -20,17 +20,16 @@ box pre-shrink and rounding; a wrong orientation, offset or colour conversion
 gives means of 20 and more).
 """
 import json
-import os
 import pathlib
-import shutil
 import subprocess
 import sys
-import tempfile
 import unittest
 
 import h5py
 import numpy as np
 from PIL import Image, ImageOps
+
+from cli_test_util import TempDirTest
 
 BINARY = None
 MPIRUN = ["mpirun", "--allow-run-as-root", "--oversubscribe"]
@@ -177,14 +176,13 @@ def run(args, mpi_ranks=None, timeout=300):
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
 
 
-class Workdir(unittest.TestCase):
+class Workdir(TempDirTest):
+    prefix = "difftrain-make-shards-"
+
     def setUp(self):
-        self.dir = pathlib.Path(tempfile.mkdtemp(prefix="difftrain-make-shards-"))
+        super().setUp()
         self.images = self.dir / "images"
         make_fixture(self.images)
-
-    def tearDown(self):
-        shutil.rmtree(self.dir, ignore_errors=True)
 
     def make(self, out, *extra, ranks=None):
         r = run(["--input", self.images, "--out", self.dir / out, *extra], mpi_ranks=ranks)
@@ -196,15 +194,6 @@ class Workdir(unittest.TestCase):
         self.assertEqual(got.shape, want.shape, what)
         self.assertLess(d.mean(), MEAN_TOLERANCE, f"{what}: mean abs diff {d.mean():.2f}")
         self.assertLess(d.max(), MAX_TOLERANCE, f"{what}: max abs diff {d.max()}")
-
-    def assert_clean_error(self, result, *culprits):
-        self.assertGreater(result.returncode, 0, result.stdout + result.stderr)
-        self.assertLess(result.returncode, 128, f"killed by a signal: {result.returncode}")
-        lines = [l for l in result.stderr.splitlines() if l.strip()]
-        self.assertEqual(len(lines), 1, f"expected one error line, got:\n{result.stderr}")
-        self.assertTrue(lines[0].startswith("difftrain: error: "), lines[0])
-        for c in culprits:
-            self.assertIn(c, lines[0])
 
 
 class Decode(Workdir):

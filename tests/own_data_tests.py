@@ -7,7 +7,6 @@ import pathlib
 import shutil
 import subprocess
 import sys
-import tempfile
 import unittest
 
 import h5py
@@ -18,6 +17,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 TINY = str(HERE / "tiny.yaml")
 MPIRUN = ["mpirun", "--allow-run-as-root", "--oversubscribe"]
 sys.path.insert(0, str(HERE))
+from cli_test_util import TempDirTest  # noqa: E402
 from cli_tests import read_png  # noqa: E402  (an independent PNG decoder)
 
 
@@ -56,26 +56,16 @@ def grey_dataset(directory, count=96, size=8, long_captions=0):
     return images, captions
 
 
-class Workdir(unittest.TestCase):
-    def setUp(self):
-        self.dir = pathlib.Path(tempfile.mkdtemp(prefix="difftrain-own-"))
-
-    def tearDown(self):
-        shutil.rmtree(self.dir, ignore_errors=True)
+class Workdir(TempDirTest):
+    prefix = "difftrain-own-"
 
     def train_args(self, *extra, run_dir="run", data_dir="data"):
         return ["train", "--config", TINY, f"run.dir={self.dir / run_dir}", f"data.dir={self.dir / data_dir}",
                 "monitoring.enabled=false", *extra]
 
     def assert_clean_error(self, result, *culprits):
-        self.assertGreater(result.returncode, 0, result.stdout[-2000:] + result.stderr[-2000:])
-        self.assertLess(result.returncode, 128, f"killed by a signal: {result.returncode}")
-        lines = [l for l in result.stderr.splitlines() if l.strip()]
-        self.assertEqual(len(lines), 1, f"expected one error line, got:\n{result.stderr}")
-        self.assertTrue(lines[0].startswith("difftrain: error: "), lines[0])
-        for c in culprits:
-            self.assertIn(c, lines[0])
-        self.assertNotIn("delete", lines[0].lower(), "never advise deleting a directory")
+        line = super().assert_clean_error(result, *culprits)
+        self.assertNotIn("delete", line.lower(), "never advise deleting a directory")
 
 
 class SafeDefaults(Workdir):

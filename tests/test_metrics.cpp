@@ -276,6 +276,13 @@ TEST(GrafanaDashboard, ParsesAndUsesOnlyExportedMetrics) {
   }
 }
 
+TEST(Progress, FormatRateProgress) {
+  EXPECT_EQ(dm::format_rate_progress("sampling w=3", 640, 2000, 16), "sampling w=3: 640/2000 images (32.0%)  40.0 img/s  ETA 34s");
+  // Fractions of an image (a 1000-step batch part way through) count toward the rate.
+  EXPECT_EQ(dm::format_rate_progress("FID ddpm", 12.5, 100, 5), "FID ddpm: 12/100 images (12.5%)  2.5 img/s  ETA 35s");
+  EXPECT_EQ(dm::format_rate_progress("make-shards", 0, 10, 0, "files"), "make-shards: 0/10 files (0.0%)  0.0 files/s  ETA --");
+}
+
 TEST(Progress, FormatDuration) {
   EXPECT_EQ(dm::format_duration(0), "0s");
   EXPECT_EQ(dm::format_duration(12.3), "12s");
