@@ -2,7 +2,7 @@
 
 #include <cstdio>
 
-#include "trainer/mpi_session.h"
+#include "distributed/mpi_session.h"
 
 namespace difftrain::cli {
 namespace {

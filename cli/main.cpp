@@ -33,12 +33,13 @@
 #include "eval/fid_sweep.h"
 #include "eval/prompts.h"
 #include "diffusion/sampler_registry.h"
-#include "trainer/communicator.h"
+#include "distributed/communicator.h"
 #include "eval/sample_job.h"
 #include "model/unet.h"
 #include "trainer/checkpoint.h"
+#include "distributed/weights_agreement.h"
 #include "trainer/config.h"
-#include "trainer/mpi_session.h"
+#include "distributed/mpi_session.h"
 #include "trainer/trainer.h"
 
 namespace {

@@ -9,8 +9,8 @@
 
 #include "cli/fail.h"
 #include "monitoring/progress.h"
-#include "trainer/communicator.h"
-#include "trainer/mpi_session.h"
+#include "distributed/communicator.h"
+#include "distributed/mpi_session.h"
 
 namespace difftrain::cli {
 namespace {

@@ -22,7 +22,7 @@
 #include "monitoring/progress.h"
 #include "eval/sample_job.h"
 #include "trainer/batch_tensors.h"
-#include "trainer/communicator.h"
+#include "distributed/communicator.h"
 
 namespace difftrain::eval {
 namespace fs = std::filesystem;

@@ -10,10 +10,12 @@ packages=(
   libhdf5-dev libyaml-cpp-dev prometheus-cpp-dev libgtest-dev libcli11-dev
   libspdlog-dev nlohmann-json3-dev libgd-dev
   libvips-dev                               # make-shards: JPEG/PNG/WebP decoding, EXIF rotation, resizing
+  libssl-dev                                # SHA-256 checksums in checkpoint manifests (libcrypto)
   curl iproute2 bc                          # iproute2, bc: launch/multihost_demo.sh
 )
 case ${1:-} in
-  --tests) packages+=(python3-h5py python3-numpy python3-scipy python3-torch python3-torchvision python3-pil) ;;
+  --tests) packages+=(python3-h5py python3-numpy python3-scipy python3-torch python3-torchvision python3-pil
+             prometheus prometheus-pushgateway) ;;   # real servers for the monitoring tests
   --fashion-mnist) packages+=(dataset-fashion-mnist python3-pil) ;;   # launch/fashion_mnist_job.sh
 esac
 missing=()

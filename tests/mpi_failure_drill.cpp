@@ -15,8 +15,8 @@
 #include <string>
 #include <thread>
 
-#include "trainer/communicator.h"
-#include "trainer/mpi_session.h"
+#include "distributed/communicator.h"
+#include "distributed/mpi_session.h"
 
 using namespace difftrain;
 

@@ -3,10 +3,10 @@
 #include <mpi.h>
 #include <torch/torch.h>
 
-#include "trainer/communicator.h"
-#include "trainer/gradient_reducer.h"
-#include "trainer/mpi_session.h"
-#include "trainer/weights_agreement.h"
+#include "distributed/communicator.h"
+#include "distributed/gradient_reducer.h"
+#include "distributed/mpi_session.h"
+#include "distributed/weights_agreement.h"
 
 using namespace difftrain;
 

@@ -7,14 +7,15 @@
 #include "model/unet.h"
 #include "tests/test_dirs.h"
 #include "trainer/checkpoint.h"
-#include "trainer/communicator.h"
+#include "distributed/weights_agreement.h"
+#include "distributed/communicator.h"
 #include "trainer/ema.h"
-#include "trainer/gradient_reducer.h"
+#include "distributed/gradient_reducer.h"
 #include "trainer/loss_scaler.h"
 #include "trainer/lr_schedule.h"
-#include "trainer/mpi_session.h"
+#include "distributed/mpi_session.h"
 #include "trainer/sample_draws.h"
-#include "trainer/stall_report.h"
+#include "distributed/stall_report.h"
 
 namespace fs = std::filesystem;
 using namespace difftrain;

@@ -37,7 +37,7 @@ if(NOT DIFFTRAIN_WITH_NCCL AND DIFFTRAIN_NCCL_HEADER_DIR AND EXISTS ${DIFFTRAIN_
   add_test(NAME nccl_backend_compiles
     COMMAND ${CMAKE_CXX_COMPILER} -std=c++17 -fsyntax-only -DDIFFTRAIN_WITH_NCCL -I${CMAKE_SOURCE_DIR}
             ${torch_api_include} -I${shim} -I${DIFFTRAIN_NCCL_HEADER_DIR}
-            ${CMAKE_SOURCE_DIR}/trainer/nccl_communicator.cpp)
+            ${CMAKE_SOURCE_DIR}/distributed/nccl_communicator.cpp)
   set_tests_properties(nccl_backend_compiles PROPERTIES TIMEOUT 180)
 endif()
 

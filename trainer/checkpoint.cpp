@@ -12,7 +12,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "trainer/communicator.h"
+#include "distributed/communicator.h"
 
 namespace difftrain {
 namespace fs = std::filesystem;
@@ -189,15 +189,5 @@ void load_ema_weights(const std::string& dir, torch::nn::Module& model) {
   load_torch(model, fs::path(dir) / "ema.pt");
 }
 
-uint64_t weights_fingerprint(torch::nn::Module& module) {
-  uint64_t hash = 1469598103934665603ULL;
-  for (const auto& p : module.parameters()) {
-    auto cpu = p.detach().to(torch::kCPU).contiguous();
-    const auto* bytes = static_cast<const uint8_t*>(cpu.data_ptr());
-    const size_t n = cpu.numel() * cpu.element_size();
-    for (size_t i = 0; i < n; ++i) hash = (hash ^ bytes[i]) * 1099511628211ULL;
-  }
-  return hash;
-}
 
 }  // namespace difftrain

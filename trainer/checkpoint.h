@@ -59,9 +59,6 @@ void load_ema_weights(const std::string& dir, torch::nn::Module& model);
 TrainingState read_training_state(const std::string& dir);
 std::string read_checkpoint_config(const std::string& dir);
 
-// Order-sensitive FNV-1a hash of every parameter's bytes, for "are these weights identical".
-uint64_t weights_fingerprint(torch::nn::Module& module);
-
 // Removes leftover temporary checkpoint directories from interrupted writes.
 void remove_incomplete_checkpoints(const std::string& run_dir);
 

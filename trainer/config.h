@@ -72,7 +72,7 @@ struct TrainConfig {
   int64_t log_every = 10;
 };
 
-// Data-parallel training (trainer/gradient_reducer.h, trainer/mpi_worker.h).
+// Data-parallel training (distributed/gradient_reducer.h, distributed/mpi_worker.h).
 struct DistributedConfig {
   double bucket_mb = 25;           // gradient bucket size: each bucket is all-reduced as soon as it is ready
   double first_bucket_mb = 1;      // the first bucket (last layers, ready first) is smaller, to start early

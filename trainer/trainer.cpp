@@ -21,16 +21,16 @@
 #include "monitoring/progress.h"
 #include "trainer/batch_tensors.h"
 #include "trainer/checkpoint.h"
-#include "trainer/communicator.h"
+#include "distributed/communicator.h"
 #include "trainer/ema.h"
-#include "trainer/gradient_reducer.h"
+#include "distributed/gradient_reducer.h"
 #include "trainer/loss_scaler.h"
 #include "trainer/lr_schedule.h"
-#include "trainer/mpi_session.h"
+#include "distributed/mpi_session.h"
 #include "trainer/precision.h"
 #include "trainer/sample_draws.h"
 #include "trainer/stop_signal.h"
-#include "trainer/weights_agreement.h"
+#include "distributed/weights_agreement.h"
 
 namespace difftrain {
 namespace fs = std::filesystem;

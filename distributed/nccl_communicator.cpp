@@ -14,7 +14,7 @@
 // event: one still running `timeout_seconds` after it was enqueued, or an
 // asynchronous NCCL error, makes the watchdog abort the NCCL communicator
 // (which frees the kernels), print the operation and rank 0's account of who
-// did not join (the MPI stall inspector, trainer/mpi_worker.h), and end the
+// did not join (the MPI stall inspector, distributed/mpi_worker.h), and end the
 // job with MPI_Abort, as PyTorch's NCCL watchdog does. Host-side statistics
 // and barriers go through the MPI communicator, with its own timeout.
 #ifdef DIFFTRAIN_WITH_NCCL
@@ -35,7 +35,7 @@
 #include <stdexcept>
 #include <thread>
 
-#include "trainer/mpi_communicator.h"
+#include "distributed/mpi_communicator.h"
 
 namespace difftrain {
 namespace {

@@ -1,4 +1,4 @@
-#include "trainer/mpi_session.h"
+#include "distributed/mpi_session.h"
 
 #include <mpi.h>
 

@@ -1,4 +1,4 @@
-#include "trainer/mpi_worker.h"
+#include "distributed/mpi_worker.h"
 
 #include <algorithm>
 #include <cstring>

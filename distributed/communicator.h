@@ -8,7 +8,7 @@
 // autograd's backward (the main thread on CPU, autograd's device thread on
 // CUDA) while the main thread is inside backward(); everything else is called
 // from the main thread. A collective that does not complete within
-// `timeout_seconds` throws CollectiveError (trainer/mpi_worker.h) naming the
+// `timeout_seconds` throws CollectiveError (distributed/mpi_worker.h) naming the
 // operation and the ranks that did not join; the caller ends the job.
 #pragma once
 
@@ -18,7 +18,7 @@
 #include <string>
 #include <vector>
 
-#include "trainer/mpi_session.h"
+#include "distributed/mpi_session.h"
 
 namespace difftrain {
 

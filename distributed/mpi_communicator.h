@@ -1,5 +1,5 @@
 // The MPI backend (CPU tensors). Every collective runs on the MpiWorker's
-// thread (trainer/mpi_worker.h), so it progresses while the caller computes
+// thread (distributed/mpi_worker.h), so it progresses while the caller computes
 // and fails with a named error after the timeout instead of hanging.
 // The NCCL backend reuses it for host-side statistics, barriers and the
 // stall inspector.
@@ -7,8 +7,8 @@
 
 #include <memory>
 
-#include "trainer/communicator.h"
-#include "trainer/mpi_worker.h"
+#include "distributed/communicator.h"
+#include "distributed/mpi_worker.h"
 
 namespace difftrain {
 

@@ -7,7 +7,7 @@ namespace difftrain {
 
 class MpiSession {
  public:
-  MpiSession(int* argc, char*** argv);  // MPI_Init_thread (MULTIPLE): see trainer/mpi_worker.h
+  MpiSession(int* argc, char*** argv);  // MPI_Init_thread (MULTIPLE): see distributed/mpi_worker.h
   ~MpiSession();                        // MPI_Finalize
   MpiSession(const MpiSession&) = delete;
   MpiSession& operator=(const MpiSession&) = delete;

@@ -3,7 +3,7 @@
 // each collective it enters; when one does not complete within the timeout,
 // rank 0 names the ranks whose latest arrival is older than it, and pings every
 // rank to name those that do not answer at all.
-// Pure bookkeeping, no MPI: trainer/mpi_worker.cpp feeds it.
+// Pure bookkeeping, no MPI: distributed/mpi_worker.cpp feeds it.
 #pragma once
 
 #include <cstdint>

@@ -1,12 +1,23 @@
-#include "trainer/weights_agreement.h"
+#include "distributed/weights_agreement.h"
 
 #include <stdexcept>
 #include <vector>
 
-#include "trainer/checkpoint.h"
-#include "trainer/communicator.h"
+#include "distributed/communicator.h"
 
 namespace difftrain {
+
+uint64_t weights_fingerprint(torch::nn::Module& module) {
+  uint64_t hash = 1469598103934665603ULL;
+  for (const auto& p : module.parameters()) {
+    auto cpu = p.detach().to(torch::kCPU).contiguous();
+    const auto* bytes = static_cast<const uint8_t*>(cpu.data_ptr());
+    const size_t n = cpu.numel() * cpu.element_size();
+    for (size_t i = 0; i < n; ++i) hash = (hash ^ bytes[i]) * 1099511628211ULL;
+  }
+  return hash;
+}
+
 
 void require_identical_weights(Communicator& comm, torch::nn::Module& module, const std::string& what) {
   if (comm.world_size() == 1) return;

@@ -6,14 +6,14 @@
 // the ranks' collectives match), each as a nonblocking MPI call that it polls
 // until it completes or its deadline passes. Because only this thread polls,
 // a collective makes progress while the submitting thread computes: the
-// gradient buckets of trainer/gradient_reducer overlap with backward this way
+// gradient buckets of distributed/gradient_reducer overlap with backward this way
 // (Open MPI has no asynchronous progress thread of its own). MPI is initialised
-// with MPI_THREAD_MULTIPLE (trainer/mpi_session) since the main thread still
+// with MPI_THREAD_MULTIPLE (distributed/mpi_session) since the main thread still
 // makes MPI calls outside this worker (start-up, MPI_Abort).
 //
 // Failure never hangs. Every collective has a number (0, 1, 2, ... in program
 // order). On entering one, each rank tells rank 0 its number; rank 0's worker
-// keeps an ArrivalBoard (trainer/stall_report.h) and answers questions about
+// keeps an ArrivalBoard (distributed/stall_report.h) and answers questions about
 // it, even while its own main thread is busy or stuck. Before it describes a
 // stall, rank 0 pings every rank's worker: one that does not answer within
 // 2 s is named as stopped, crashed or unreachable. A collective that has
@@ -38,7 +38,7 @@
 #include <thread>
 #include <vector>
 
-#include "trainer/stall_report.h"
+#include "distributed/stall_report.h"
 
 namespace difftrain {
 

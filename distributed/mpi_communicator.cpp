@@ -1,4 +1,4 @@
-#include "trainer/mpi_communicator.h"
+#include "distributed/mpi_communicator.h"
 
 #include <torch/torch.h>
 

@@ -1,4 +1,4 @@
-#include "trainer/gradient_reducer.h"
+#include "distributed/gradient_reducer.h"
 
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/function_hook.h>
@@ -9,7 +9,7 @@
 #include <chrono>
 #include <stdexcept>
 
-#include "trainer/communicator.h"
+#include "distributed/communicator.h"
 
 namespace difftrain {
 

@@ -1,4 +1,4 @@
-#include "trainer/stall_report.h"
+#include "distributed/stall_report.h"
 
 #include <algorithm>
 
