@@ -9,13 +9,14 @@
 //   features       train the built-in FID feature extractor for the synthetic shapes,
 //                  or (--data) a feature extractor + classifier for any labelled shard set
 //   class-match    per-class accuracy of sampled images under such a classifier
-//   checkpoint-info  step, images seen and weight fingerprints of a checkpoint
+//   checkpoint-info  verification of every file, step, images seen and EMA fingerprint of a checkpoint
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
 #include <cstdio>
 #include <filesystem>
+#include <memory>
 #include <optional>
 
 #include "cli/fail.h"
@@ -36,6 +37,7 @@
 #include "distributed/communicator.h"
 #include "eval/sample_job.h"
 #include "model/unet.h"
+#include "monitoring/job_push.h"
 #include "trainer/checkpoint.h"
 #include "distributed/weights_agreement.h"
 #include "trainer/config.h"
@@ -99,14 +101,39 @@ int run_train(int argc, char** argv, const std::string& config_path, const std::
   return 0;
 }
 
-int run_sweep_command(int argc, char** argv, const eval::SweepOptions& options, double timeout_seconds) {
+// --pushgateway of sample / eval sweep: the job's run label is --run-name, else the name of --out.
+struct PushOption {
+  std::string gateway, run_name;
+  std::unique_ptr<monitoring::JobPush> open(const std::string& out_dir, int rank) const {
+    if (gateway.empty()) return nullptr;
+    return std::make_unique<monitoring::JobPush>(
+        gateway,
+        monitoring::PushIdentity{run_name.empty() ? monitoring::run_name_of_dir(out_dir) : run_name,
+                                 monitoring::local_hostname(), rank},
+        "--pushgateway");
+  }
+};
+
+void add_push_options(CLI::App& command, PushOption& option) {
+  command.add_option("--pushgateway", option.gateway,
+                     "host:port of a Prometheus Pushgateway: progress, results and the final state (finished or "
+                     "failed) are pushed there");
+  command.add_option("--run-name", option.run_name, "run label of the pushed metrics (default: the name of --out)");
+}
+
+int run_sweep_command(int argc, char** argv, eval::SweepOptions options, double timeout_seconds,
+                      const PushOption& push_option) {
   MpiSession session(&argc, &argv);
   cli::set_error_rank(session.rank(), session.world_size());
   if (session.rank() != 0) spdlog::set_level(spdlog::level::warn);
   try {
     torch::set_num_threads(1);
     auto comm = make_communicator(session, torch::kCPU, {timeout_seconds});
+    // Left by an exception, it pushes state failed.
+    auto push = push_option.open(options.out_dir, session.rank());
+    options.push = push.get();
     eval::run_sweep(options, comm.get());
+    if (push) push->finish(monitoring::JobState::kFinished);
   } catch (const c10::Error& e) {
     fail(e.what_without_backtrace());
   } catch (const std::exception& e) {
@@ -181,14 +208,20 @@ int run_class_match(const std::string& classifier_path, const std::string& manif
   return 0;
 }
 
+// A run directory means its newest checkpoint, verified or not: this is where damage is diagnosed.
 int run_checkpoint_info(const std::string& path) {
-  const std::string dir = resolve_checkpoint(path);
+  const std::string dir = find_checkpoint(path);
+  const auto check = verify_checkpoint(dir);
+  std::printf("checkpoint %s\n", dir.c_str());
+  for (const auto& f : check.files) std::printf("%s %s\n", f.name.c_str(), f.result.c_str());
+  std::fflush(stdout);
+  if (!check.ok()) throw CheckpointError("checkpoint '" + dir + "' does not verify: " + check.problem);
   const auto state = read_training_state(dir);
   const Config config = parse_config_text(read_checkpoint_config(dir), dir + "/config.yaml", {});
   model::UNet model(model::unet_options_from(config.model, config.data.image_size, config.data.channels));
   load_ema_weights(dir, *model);
   const uint64_t ema_fp = weights_fingerprint(*model);
-  std::printf("checkpoint %s\nstep %lld\nimages_seen %lld\nema_fingerprint %016llx\n", dir.c_str(),
+  std::printf("step %lld\nimages_seen %lld\nema_fingerprint %016llx\n",
               static_cast<long long>(state.step), static_cast<long long>(state.images_seen),
               static_cast<unsigned long long>(ema_fp));
   return 0;
@@ -223,8 +256,11 @@ int main(int argc, char** argv) {
   auto* from_checkpoint = sample->add_option("--checkpoint", so.checkpoint, "checkpoint directory or run directory");
   auto* from_model = sample->add_option("--model", so.model_file, "TorchScript denoiser (docs/EVALUATION.md)");
   from_checkpoint->excludes(from_model);
-  sample->add_option("--image-size", so.image_size, "image side, for TorchScript files without image_shape");
-  sample->add_option("--max-tokens", so.max_tokens, "token length, for TorchScript files without max_tokens");
+  // Given explicitly, 0 would mean "not given"; the library checks every other bound (sample_job.h).
+  sample->add_option("--image-size", so.image_size, "image side, for TorchScript files without image_shape")
+      ->check(CLI::Range(int64_t{1}, eval::kMaxImageSize));
+  sample->add_option("--max-tokens", so.max_tokens, "token length, for TorchScript files without max_tokens")
+      ->check(CLI::Range(int64_t{1}, eval::kMaxTokens));
   sample->add_option("--out", so.out_dir, "output directory")->required();
   sample->add_option("--prompt", so.prompts, "a prompt (repeatable)");
   std::string sample_prompt_file;
@@ -232,9 +268,8 @@ int main(int argc, char** argv) {
   sample->add_flag("--synthetic-prompts", synthetic_prompts, "every colour x shape of the built-in dataset");
   std::string clip_choice = "auto", variance = "posterior";
   sample->add_option("--sampler", so.sampler.name, "sampler")->check(CLI::IsMember(diffusion::sampler_names()));
-  sample->add_option("--steps", so.sampler.steps, "sampling steps (ddpm always runs all T)")
-      ->check(CLI::PositiveNumber);
-  sample->add_option("--eta", so.sampler.eta, "ddim eta in [0, 1]")->check(CLI::Range(0.0, 1.0));
+  sample->add_option("--steps", so.sampler.steps, "sampling steps, at most T (ddpm always runs all T)");
+  sample->add_option("--eta", so.sampler.eta, "ddim eta in [0, 1]");
   sample->add_option("--spacing", so.sampler.spacing, "timestep spacing (default: the sampler's own)")
       ->check(CLI::IsMember(diffusion::spacing_names()));
   sample->add_option("--variance", variance, "ddpm family: posterior (beta-tilde) or beta")
@@ -242,10 +277,12 @@ int main(int argc, char** argv) {
   sample->add_option("--clip", clip_choice, "clip predicted x0 to [-1, 1]: auto (where the sampler forms x0), on, off")
       ->check(CLI::IsMember({"auto", "on", "off"}));
   sample->add_option("--guidance", so.guidance, "guidance scale(s) w: 1 = none, 0 = unconditional");
-  sample->add_option("--images-per-prompt", so.images_per_prompt, "images per prompt")->check(CLI::PositiveNumber);
+  sample->add_option("--images-per-prompt", so.images_per_prompt, "images per prompt (all images of a call: at most 1e6)");
   sample->add_option("--seed", so.seed, "base seed; image i uses seed + i");
-  sample->add_option("--batch-size", so.batch_size, "images per forward pass")->check(CLI::PositiveNumber);
-  sample->add_option("--threads", so.threads, "torch threads")->check(CLI::PositiveNumber);
+  sample->add_option("--batch-size", so.batch_size, "images per forward pass");
+  sample->add_option("--threads", so.threads, "torch threads");
+  PushOption sample_push;
+  add_push_options(*sample, sample_push);
   sample->add_option("--precision", so.precision, "network precision: fp32 or bf16 (autocast)")
       ->check(CLI::IsMember({"fp32", "bf16"}));
 
@@ -299,10 +336,11 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember(diffusion::sampler_names()));
   sweep->add_option("--steps", sweep_options.steps, "step counts")->delimiter(',');
   sweep->add_option("--guidance", sweep_options.guidance, "guidance scales")->delimiter(',');
-  sweep->add_option("--eta", sweep_options.eta, "ddim eta")->check(CLI::Range(0.0, 1.0));
-  sweep->add_option("--samples", sweep_options.samples, "images per point")->check(CLI::Range(2, 10000000));
+  // Bounds are checked by eval::validate_sweep_options, with messages naming the option.
+  sweep->add_option("--eta", sweep_options.eta, "ddim eta(s) in [0, 1]; each is its own line")->delimiter(',');
+  sweep->add_option("--samples", sweep_options.samples, "images per point");
   sweep->add_option("--seed", sweep_options.seed, "image i uses seed + i");
-  sweep->add_option("--batch-size", sweep_options.batch_size, "images per forward")->check(CLI::PositiveNumber);
+  sweep->add_option("--batch-size", sweep_options.batch_size, "images per forward");
   sweep->add_option("--prompt", sweep_options.prompts,
                     "prompts, cycled (default: --captions-from, else the reference's captions if it is a shard "
                     "directory, else the built-in colour x shape set)");
@@ -312,13 +350,14 @@ int main(int argc, char** argv) {
                     "shard directory whose captions, in a seeded order, are the prompts (image i, caption i)");
   sweep->add_option("--out", sweep_options.out_dir, "output directory")->required();
   sweep->add_option("--compare-steps", sweep_options.compare_steps, "steps of the side-by-side grid");
-  sweep->add_option("--compare-rows", sweep_options.compare_rows, "prompts in the side-by-side grid (0: no grid)")
-      ->check(CLI::NonNegativeNumber);
+  sweep->add_option("--compare-rows", sweep_options.compare_rows, "prompts in the side-by-side grid (0: no grid)");
   double sweep_timeout = 600;
   sweep->add_option("--timeout", sweep_timeout, "seconds a collective may take before the job ends with an error (default 600)")
       ->check(CLI::PositiveNumber);
   sweep->add_option("--precision", sweep_options.precision, "network precision: fp32 or bf16 (autocast)")
       ->check(CLI::IsMember({"fp32", "bf16"}));
+  PushOption sweep_push;
+  add_push_options(*sweep, sweep_push);
   sweep->add_option("--reference-limit", sweep_options.reference_limit, "reference images used (0: all)");
 
   auto* features = app.add_subcommand(
@@ -344,14 +383,16 @@ int main(int argc, char** argv) {
   bool no_augment = false;
   features->add_flag("--no-augment", no_augment, "no random shifts during training")->needs(features_data);
 
-  auto* info = app.add_subcommand("checkpoint-info", "print a checkpoint's step and weight fingerprint");
+  auto* info = app.add_subcommand("checkpoint-info", "verify a checkpoint's files; print its step and EMA weight fingerprint");
   std::string info_path;
   info->add_option("path", info_path, "checkpoint or run directory")->required();
 
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // --help prints as CLI11 does; a bad command line is one error line like every other failure.
+    if (e.get_exit_code() == static_cast<int>(CLI::ExitCodes::Success)) return app.exit(e);
+    fail(e.what());
   }
 
   try {
@@ -373,7 +414,11 @@ int main(int argc, char** argv) {
       }
       so.sampler.variance = variance == "beta" ? diffusion::DdpmVariance::kBeta : diffusion::DdpmVariance::kPosterior;
       so.sampler.clip_x0 = clip_choice == "on" || (clip_choice == "auto" && diffusion::supports_clip(so.sampler.name));
+      // Left by an exception, it pushes state failed.
+      auto push = sample_push.open(so.out_dir, 0);
+      so.push = push.get();
       const auto result = eval::run_sample_job(so);
+      if (push) push->finish(monitoring::JobState::kFinished);
       std::printf("%lld images, manifest %s\n", static_cast<long long>(result.images), result.manifest.c_str());
       for (const auto& g : result.grids) std::printf("grid %s\n", g.c_str());
       return 0;
@@ -386,6 +431,8 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (*info) return run_checkpoint_info(info_path);
+    if ((*fid_ref || *fid_cmd) && eval_limit < 0)
+      throw std::invalid_argument("--limit = " + std::to_string(eval_limit) + ": expected 0 (all) or a positive count");
     if (*fid_ref) {
       eval::FeatureExtractor extractor(extractor_path);
       const auto stats = eval::gaussian_stats_of(ref_set, extractor, eval_limit, eval_batch);
@@ -407,7 +454,7 @@ int main(int argc, char** argv) {
         auto p = eval::read_prompt_file(sweep_prompt_file);
         sweep_options.prompts.insert(sweep_options.prompts.end(), p.begin(), p.end());
       }
-      return run_sweep_command(argc, argv, sweep_options, sweep_timeout);
+      return run_sweep_command(argc, argv, sweep_options, sweep_timeout, sweep_push);
     }
     if (*features && !domain_options.data_dir.empty()) {
       domain_options.labels = eval::parse_label_source(label_word);

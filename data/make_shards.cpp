@@ -70,36 +70,11 @@ void write_file_atomically(const fs::path& path, const std::string& text) {
 
 // ---- captions and labels ----------------------------------------------------
 
-bool is_utf8(const std::string& s) {
-  size_t i = 0;
-  while (i < s.size()) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    size_t extra = 0;
-    uint32_t cp = 0;
-    if (c < 0x80) { ++i; continue; }
-    if ((c & 0xE0) == 0xC0) extra = 1, cp = c & 0x1F;
-    else if ((c & 0xF0) == 0xE0) extra = 2, cp = c & 0x0F;
-    else if ((c & 0xF8) == 0xF0) extra = 3, cp = c & 0x07;
-    else return false;
-    if (i + extra >= s.size()) return false;  // truncated sequence
-    for (size_t k = 1; k <= extra; ++k) {
-      const auto d = static_cast<unsigned char>(s[i + k]);
-      if ((d & 0xC0) != 0x80) return false;
-      cp = (cp << 6) | (d & 0x3F);
-    }
-    // Overlong forms, UTF-16 surrogates and values past U+10FFFF are not UTF-8.
-    const uint32_t min_cp[] = {0, 0x80, 0x800, 0x10000};
-    if (cp < min_cp[extra] || (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF) return false;
-    i += extra + 1;
-  }
-  return true;
-}
-
 // Why a caption cannot be used, or "".
 std::string caption_problem(const std::string& caption) {
   if (caption.find_first_not_of(" \t\r\n") == std::string::npos) return "empty caption";
-  if (caption.find('\0') != std::string::npos) return "caption contains a NUL byte";
-  if (!is_utf8(caption)) return "caption is not UTF-8";
+  const std::string defect = caption_defect(caption);
+  if (!defect.empty()) return "caption " + defect;
   return "";
 }
 

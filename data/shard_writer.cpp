@@ -33,6 +33,37 @@ bool is_reserved_attribute(const std::string& name) {
 
 }  // namespace
 
+bool is_valid_utf8(const std::string& s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    size_t extra = 0;
+    uint32_t cp = 0;
+    if (c < 0x80) { ++i; continue; }
+    if ((c & 0xE0) == 0xC0) extra = 1, cp = c & 0x1F;
+    else if ((c & 0xF0) == 0xE0) extra = 2, cp = c & 0x0F;
+    else if ((c & 0xF8) == 0xF0) extra = 3, cp = c & 0x07;
+    else return false;
+    if (i + extra >= s.size()) return false;  // truncated sequence
+    for (size_t k = 1; k <= extra; ++k) {
+      const auto d = static_cast<unsigned char>(s[i + k]);
+      if ((d & 0xC0) != 0x80) return false;
+      cp = (cp << 6) | (d & 0x3F);
+    }
+    const uint32_t min_cp[] = {0, 0x80, 0x800, 0x10000};
+    if (cp < min_cp[extra] || (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF) return false;
+    i += extra + 1;
+  }
+  return true;
+}
+
+std::string caption_defect(const std::string& caption) {
+  const auto nul = caption.find('\0');
+  if (nul != std::string::npos) return "contains a NUL byte (at byte " + std::to_string(nul) + ")";
+  if (!is_valid_utf8(caption)) return "is not valid UTF-8";
+  return "";
+}
+
 ShardWriter::ShardWriter(std::string path, ImageGeometry geometry)
     : path_(std::move(path)), temp_path_(path_ + ".tmp"), geometry_(geometry) {
   if (geometry_.height <= 0 || geometry_.width <= 0 || !is_valid_channel_count(geometry_.channels)) {
@@ -50,10 +81,8 @@ ShardWriter::~ShardWriter() {
 void ShardWriter::add(const uint8_t* image_hwc, const std::string& caption, std::optional<int64_t> label) {
   if (closed_) throw ShardError("shard " + path_ + ": add() after close()");
   // A variable-length HDF5 string ends at its first NUL; refuse rather than truncate.
-  if (caption.find('\0') != std::string::npos) {
-    throw ShardError("shard " + path_ + ": caption of sample " + std::to_string(count()) +
-                     " contains a NUL byte");
-  }
+  const std::string defect = caption_defect(caption);
+  if (!defect.empty()) throw ShardError("shard " + path_ + ": caption of sample " + std::to_string(count()) + " " + defect);
   if (label.has_value() != (labels_.size() == captions_.size()) && !captions_.empty()) {
     throw ShardError("shard " + path_ + ": sample " + std::to_string(count()) +
                      (label ? " has a label but earlier samples have none" : " has no label but earlier samples have one"));

@@ -12,6 +12,12 @@
 
 namespace difftrain::data {
 
+// Strict UTF-8 (RFC 3629): no overlong forms, UTF-16 surrogates or values past U+10FFFF.
+bool is_valid_utf8(const std::string& text);
+
+// Why a caption cannot be stored (docs/SHARD_FORMAT.md: UTF-8 without NUL bytes), or "".
+std::string caption_defect(const std::string& caption);
+
 // Samples are buffered in memory and the file is written in one go by close():
 // to "<path>.tmp", then fsync, rename to <path> and fsync of the directory, so
 // a crash never leaves a half shard under the final name (the loader only
@@ -26,7 +32,8 @@ class ShardWriter {
   ShardWriter(const ShardWriter&) = delete;
   ShardWriter& operator=(const ShardWriter&) = delete;
 
-  // image: (H, W, C). Either every sample has a label (written as the optional
+  // image: (H, W, C). A caption with a NUL byte (an HDF5 string would end there) or invalid
+  // UTF-8 throws ShardError naming the sample index. Either every sample has a label (written as the optional
   // `labels` dataset) or none has; close() throws on a mix.
   void add(const uint8_t* image_hwc, const std::string& caption, std::optional<int64_t> label = std::nullopt);
   // An extra string attribute on the file's root (readers ignore unknown ones);

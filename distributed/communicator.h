@@ -56,6 +56,9 @@ class Communicator {
   virtual void broadcast(const std::vector<torch::Tensor>& tensors, int root, const std::string& what) = 0;
   // Scalar statistics (loss, counts, flags) in float64, summed over ranks; host side.
   virtual std::vector<double> allreduce_sum(const std::vector<double>& values, const std::string& what) = 0;
+  // Host bytes (a checkpoint's files, a decision): every rank's `bytes` becomes root's,
+  // whatever its length. Always over MPI, with the timeout and stall report of the MPI worker.
+  virtual void broadcast_bytes(std::string& bytes, int root, const std::string& what) = 0;
   virtual void barrier(const std::string& what) = 0;
 
  protected:

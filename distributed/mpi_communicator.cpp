@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <limits>
 #include <stdexcept>
 
@@ -120,6 +121,24 @@ std::vector<double> MpiCommunicator::allreduce_sum(const std::vector<double>& va
                           request);
   })->wait();
   return *out;
+}
+
+void MpiCommunicator::broadcast_bytes(std::string& bytes, int root, const std::string& what) {
+  if (world_size() == 1) return;
+  auto size = std::make_shared<int64_t>(static_cast<int64_t>(bytes.size()));
+  worker_->submit(what + " (size)", [size, root](MPI_Comm comm, MPI_Request* request) {
+    return MPI_Ibcast(size.get(), 1, MPI_INT64_T, root, comm, request);
+  })->wait();
+  bytes.resize(static_cast<size_t>(*size));
+  // MPI counts are int: larger payloads travel in chunks of 1 GiB.
+  constexpr int64_t kChunk = int64_t{1} << 30;
+  for (int64_t offset = 0; offset < *size; offset += kChunk) {
+    const int count = static_cast<int>(std::min(kChunk, *size - offset));
+    char* data = bytes.data() + offset;
+    worker_->submit(what, [data, count, root](MPI_Comm comm, MPI_Request* request) {
+      return MPI_Ibcast(data, count, MPI_BYTE, root, comm, request);
+    })->wait();
+  }
 }
 
 void MpiCommunicator::barrier(const std::string& what) {

@@ -20,6 +20,7 @@ class MpiCommunicator final : public Communicator {
   std::unique_ptr<PendingCollective> allreduce_mean_async(torch::Tensor buffer, std::string what) override;
   void broadcast(const std::vector<torch::Tensor>& tensors, int root, const std::string& what) override;
   std::vector<double> allreduce_sum(const std::vector<double>& values, const std::string& what) override;
+  void broadcast_bytes(std::string& bytes, int root, const std::string& what) override;
   void barrier(const std::string& what) override;
 
   MpiWorker& worker() { return *worker_; }

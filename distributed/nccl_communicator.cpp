@@ -15,8 +15,8 @@
 // asynchronous NCCL error, makes the watchdog abort the NCCL communicator
 // (which frees the kernels), print the operation and rank 0's account of who
 // did not join (the MPI stall inspector, distributed/mpi_worker.h), and end the
-// job with MPI_Abort, as PyTorch's NCCL watchdog does. Host-side statistics
-// and barriers go through the MPI communicator, with its own timeout.
+// job with MPI_Abort, as PyTorch's NCCL watchdog does. Host-side statistics,
+// byte broadcasts and barriers go through the MPI communicator, with its own timeout.
 #ifdef DIFFTRAIN_WITH_NCCL
 
 #include <ATen/cuda/CUDAEvent.h>
@@ -130,6 +130,9 @@ class NcclCommunicator final : public Communicator {
 
   std::vector<double> allreduce_sum(const std::vector<double>& values, const std::string& what) override {
     return host_.allreduce_sum(values, what);
+  }
+  void broadcast_bytes(std::string& bytes, int root, const std::string& what) override {
+    host_.broadcast_bytes(bytes, root, what);
   }
   void barrier(const std::string& what) override { host_.barrier(what); }
 

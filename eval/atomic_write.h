@@ -7,8 +7,10 @@
 
 namespace difftrain::eval {
 
-// Writes `bytes` to path + ".tmp", fsyncs, then renames over `path`.
-// Throws std::runtime_error naming `path` and the OS error on failure.
+// Writes `bytes` to path + ".tmp", fsyncs, then renames over `path`; a `path`
+// that is a device or pipe (/dev/stdout) is written in place instead. Every
+// write is checked: throws std::runtime_error naming `path` and the OS error
+// ("No space left on device"); the temporary file is removed.
 void write_file_atomically(const std::string& path, const void* bytes, size_t size);
 
 }  // namespace difftrain::eval

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <stdexcept>
 
@@ -44,7 +45,7 @@ void classify_group(DomainClassifier& classifier, const std::filesystem::path& f
   };
   for (const auto& [file, cls] : entries) {
     const std::string path = (folder / file).string();
-    if (!std::filesystem::exists(path)) {
+    if (!std::filesystem::is_regular_file(path)) {
       throw std::runtime_error("manifest " + manifest + " lists " + file + ", which does not exist");
     }
     const Image image = read_png(path);  // grey PNGs come back as RGB
@@ -65,6 +66,7 @@ ClassMatchResult class_match(DomainClassifier& classifier, const std::string& ma
                              const std::vector<double>& guidance, int64_t batch_size) {
   if (batch_size < 1) throw std::invalid_argument("class_match: batch size must be >= 1");
   const std::vector<ManifestEntry> entries = read_manifest(manifest_path);
+  if (entries.empty()) throw std::runtime_error("manifest " + manifest_path + " lists no images");
   // Every prompt is checked before any image is read: a typo fails at once.
   std::vector<int64_t> expected;
   for (const ManifestEntry& e : entries) {
@@ -96,7 +98,10 @@ ClassMatchResult class_match(DomainClassifier& classifier, const std::string& ma
       if (same_scale(entries[i].guidance, scale)) members.emplace_back(entries[i].file, expected[i]);
     }
     if (members.empty()) {
-      throw std::runtime_error("manifest " + manifest_path + " has no images at guidance " + std::to_string(scale));
+      char w[32];
+      std::snprintf(w, sizeof(w), "%g", scale);
+      throw std::runtime_error("manifest " + manifest_path + " has no images at guidance " + w + " (it has guidance " +
+                               guidance_values(entries) + ")");
     }
     classify_group(classifier, folder, manifest_path, members, batch_size, group);
     result.groups.push_back(std::move(group));

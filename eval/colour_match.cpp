@@ -6,7 +6,10 @@
 #include <array>
 #include <cctype>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
+#include <stdexcept>
+#include <vector>
 #include <limits>
 
 namespace difftrain::eval {
@@ -89,15 +92,33 @@ std::string prompt_colour(const std::string& prompt) {
 
 ColourMatchResult colour_match(const std::string& manifest_path, std::optional<double> guidance_filter) {
   const std::filesystem::path folder = std::filesystem::path(manifest_path).parent_path();
+  const std::vector<ManifestEntry> entries = read_manifest(manifest_path);
+  if (entries.empty()) throw std::runtime_error("manifest " + manifest_path + " lists no images");
   ColourMatchResult result;
-  for (const ManifestEntry& entry : read_manifest(manifest_path)) {
+  int64_t at_scale = 0;
+  for (const ManifestEntry& entry : entries) {
     if (guidance_filter && std::abs(entry.guidance - *guidance_filter) > kGuidanceTolerance) continue;
+    ++at_scale;
     const std::string expected = prompt_colour(entry.prompt);
     if (expected.empty()) continue;
     ++result.total;
-    if (classify_colour(read_png((folder / entry.file).string())) == expected) ++result.matched;
+    const std::string file = (folder / entry.file).string();
+    if (!std::filesystem::is_regular_file(file))
+      throw std::runtime_error("manifest " + manifest_path + " lists " + entry.file + ", which does not exist");
+    if (classify_colour(read_png(file)) == expected) ++result.matched;
   }
-  if (result.total > 0) result.fraction = static_cast<double>(result.matched) / static_cast<double>(result.total);
+  if (at_scale == 0) {
+    char w[32];
+    std::snprintf(w, sizeof(w), "%g", *guidance_filter);
+    throw std::runtime_error("manifest " + manifest_path + " has no images at guidance " + w + " (it has guidance " +
+                             guidance_values(entries) + ")");
+  }
+  if (result.total == 0) {
+    throw std::runtime_error("manifest " + manifest_path + ": none of its " + std::to_string(at_scale) +
+                             " prompts names a colour of the built-in palette (e.g. \"" + entries.front().prompt +
+                             "\"), so there is nothing to match");
+  }
+  result.fraction = static_cast<double>(result.matched) / static_cast<double>(result.total);
   return result;
 }
 

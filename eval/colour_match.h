@@ -23,12 +23,15 @@ std::string prompt_colour(const std::string& prompt);
 struct ColourMatchResult {
   int64_t total = 0;    // entries whose prompt names a palette colour
   int64_t matched = 0;  // of those, images classified as that colour
-  double fraction = 0;  // matched / total; 0 when total is 0
+  double fraction = 0;  // matched / total
 };
 
 // Reads the manifest (eval/manifest.h), loads each image it lists and compares
 // classify_colour with prompt_colour. With guidance_filter, only entries with
 // that guidance scale count. Entries whose prompt names no colour are skipped.
+// Throws std::runtime_error naming the manifest when it lists no images, no image
+// at the filter's scale (naming the scales it has), no prompt naming a colour, or
+// a file that does not exist: a result is never 0/0.
 ColourMatchResult colour_match(const std::string& manifest_path, std::optional<double> guidance_filter);
 
 }  // namespace difftrain::eval

@@ -5,8 +5,11 @@
 #include <torch/script.h>
 #include <torch/torch.h>
 
+#include <cmath>
 #include <filesystem>
+#include <sstream>
 
+#include "eval/digest.h"
 #include "model/torchscript_export.h"
 #include "model/unet.h"
 #include "trainer/checkpoint.h"
@@ -53,11 +56,95 @@ DenoiserSource denoiser_from_model(model::UNet net, const Config& config, const 
 
 DenoiserSource load_checkpoint_denoiser(const std::string& path) {
   auto c = load_ema(path);
-  return denoiser_from_model(c.net, c.config, "checkpoint " + c.dir);
+  auto source = denoiser_from_model(c.net, c.config, "checkpoint " + c.dir);
+  // The weights and the config (schedule, prediction) make the images, not the directory's name.
+  Sha256 h;
+  h.text(sha256_of_module(*c.net)).text(read_checkpoint_config(c.dir));
+  source.identity = "checkpoint step=" + std::to_string(read_training_state(c.dir).step) + " sha256=" + h.hex();
+  return source;
 }
+
+namespace {
+
+// TorchScript errors carry the interpreter's traceback over many lines; the error line is the last.
+std::string last_line(const std::string& text) {
+  const auto end = text.find_last_not_of(" \n\r\t");
+  if (end == std::string::npos) return text;
+  const auto start = text.find_last_of('\n', end);
+  return text.substr(start == std::string::npos ? 0 : start + 1, end + 1 - (start == std::string::npos ? 0 : start + 1));
+}
+
+// alphas_cumprod defines the schedule: every sampler divides by sqrt(alpha_bar) and
+// sqrt(1 - alpha_bar), so a value outside (0, 1) or a step that does not add noise breaks them.
+torch::Tensor checked_alphas_cumprod(const std::string& path, const torch::jit::IValue& value) {
+  if (!value.isTensor()) bad_model(path, "'alphas_cumprod' is not a tensor");
+  const auto a = value.toTensor();
+  if (!a.is_floating_point() || a.dim() != 1 || a.size(0) < 2 || a.size(0) > kMaxTimesteps) {
+    std::ostringstream shape;
+    shape << a.sizes() << " " << a.dtype();
+    bad_model(path, "'alphas_cumprod' is " + shape.str() + ", expected a float64 vector of length T in 2.." +
+                        std::to_string(kMaxTimesteps));
+  }
+  const auto values = a.to(torch::kCPU, torch::kFloat64).contiguous();
+  const double* v = values.data_ptr<double>();
+  const auto at = [&](int64_t i) {
+    std::ostringstream out;
+    out << "value " << v[i] << " at index " << i;
+    return out.str();
+  };
+  for (int64_t i = 0; i < values.size(0); ++i) {
+    if (!std::isfinite(v[i])) bad_model(path, "'alphas_cumprod' has the non-finite " + at(i));
+    if (!(v[i] > 0 && v[i] < 1)) bad_model(path, "'alphas_cumprod' has the " + at(i) + ", expected every value in (0, 1)");
+    if (i > 0 && !(v[i] < v[i - 1]))
+      bad_model(path, "'alphas_cumprod' is not strictly decreasing: " + at(i) + " after " + at(i - 1));
+  }
+  return values;
+}
+
+void check_integer_attribute(const std::string& path, const torch::jit::Module& module, const char* name,
+                          int64_t elements) {
+  const auto value = module.attr(name);
+  if (!value.isTensor() || value.toTensor().is_floating_point() || value.toTensor().numel() != elements)
+    bad_model(path, std::string("'") + name + "' must be an int64 tensor of " + std::to_string(elements) +
+                        (elements == 1 ? " element" : " elements"));
+}
+
+// One forward on a small batch (both ends of the schedule, null condition) before any sampling:
+// a model with the wrong output shape or non-finite outputs is named now, not mid-run.
+void probe_forward(const std::string& path, torch::jit::Module& module, const DenoiserSource& s) {
+  torch::NoGradGuard no_grad;
+  const int64_t C = s.channels, H = s.image_size;
+  const auto x = torch::linspace(-2.0, 2.0, 2 * C * H * H, torch::kFloat32).reshape({2, C, H, H});
+  const auto t = torch::tensor({int64_t{0}, s.schedule.timesteps - 1}, torch::kInt64);
+  const auto tokens = torch::zeros({2, s.max_tokens}, torch::kInt64);
+  const std::string batch = "a probe batch x_t (2, " + std::to_string(C) + ", " + std::to_string(H) + ", " +
+                            std::to_string(H) + "), t = (0, " + std::to_string(s.schedule.timesteps - 1) +
+                            "), tokens (2, " + std::to_string(s.max_tokens) + ")";
+  torch::jit::IValue out;
+  try {
+    out = module.forward({x, t, tokens});
+  } catch (const c10::Error& e) {
+    bad_model(path, "forward on " + batch + " failed: " + last_line(e.what_without_backtrace()));
+  } catch (const std::exception& e) {
+    bad_model(path, "forward on " + batch + " failed: " + last_line(e.what()));
+  }
+  if (!out.isTensor()) bad_model(path, "forward on " + batch + " returned " + out.tagKind() + ", expected a tensor");
+  const auto y = out.toTensor();
+  if (y.sizes() != x.sizes()) {
+    std::ostringstream shape;
+    shape << y.sizes();
+    bad_model(path, "forward on " + batch + " returned shape " + shape.str() + ", expected x_t's shape");
+  }
+  if (!y.is_floating_point()) bad_model(path, "forward on " + batch + " returned a non-floating-point tensor");
+  if (!torch::isfinite(y).all().item<bool>())
+    bad_model(path, "forward on " + batch + " returned non-finite values (NaN or inf)");
+}
+
+}  // namespace
 
 DenoiserSource load_torchscript_denoiser(const std::string& path, int64_t image_size, int64_t max_tokens) {
   if (!std::filesystem::exists(path)) bad_model(path, "file does not exist");
+  if (std::filesystem::is_directory(path)) bad_model(path, "is a directory, expected a TorchScript file");
   auto module = std::make_shared<torch::jit::Module>();
   try {
     *module = torch::jit::load(path, torch::kCPU);
@@ -66,24 +153,36 @@ DenoiserSource load_torchscript_denoiser(const std::string& path, int64_t image_
   }
   module->eval();
   if (!module->hasattr("alphas_cumprod")) bad_model(path, "has no attribute 'alphas_cumprod'");
-  auto a = module->attr("alphas_cumprod").toTensor();
-  if (a.dim() != 1 || a.size(0) < 2) bad_model(path, "'alphas_cumprod' must be a float64 vector of length T >= 2");
   DenoiserSource s;
-  s.schedule = diffusion::schedule_from_alphas_cumprod(a.to(torch::kFloat64));
+  s.schedule = diffusion::schedule_from_alphas_cumprod(checked_alphas_cumprod(path, module->attr("alphas_cumprod")));
   if (module->hasattr("image_shape")) {
-    auto shape = module->attr("image_shape").toTensor();
-    s.channels = shape[0].item<int64_t>();
-    s.image_size = shape[1].item<int64_t>();
+    check_integer_attribute(path, *module, "image_shape", 3);
+    const auto shape = module->attr("image_shape").toTensor().to(torch::kInt64).contiguous();
+    const int64_t C = shape[0].item<int64_t>(), H = shape[1].item<int64_t>(), W = shape[2].item<int64_t>();
+    const std::string found =
+        "'image_shape' = (" + std::to_string(C) + ", " + std::to_string(H) + ", " + std::to_string(W) + ")";
+    if (C != 1 && C != 3) bad_model(path, found + ": expected C = 1 (grey) or 3 (RGB)");
+    if (H != W || H < 1 || H > kMaxImageSize)
+      bad_model(path, found + ": expected square images, H = W in 1.." + std::to_string(kMaxImageSize));
+    s.channels = C;
+    s.image_size = H;
   }
-  if (module->hasattr("max_tokens")) s.max_tokens = module->attr("max_tokens").toTensor().item<int64_t>();
+  if (module->hasattr("max_tokens")) {
+    check_integer_attribute(path, *module, "max_tokens", 1);
+    s.max_tokens = module->attr("max_tokens").toTensor().to(torch::kInt64).item<int64_t>();
+    if (s.max_tokens < 1 || s.max_tokens > kMaxTokens)
+      bad_model(path, "'max_tokens' = " + std::to_string(s.max_tokens) + ": expected 1.." + std::to_string(kMaxTokens));
+  }
   if (image_size > 0) s.image_size = image_size;
   if (max_tokens > 0) s.max_tokens = max_tokens;
   if (s.image_size <= 0) bad_model(path, "carries no 'image_shape': pass --image-size");
   if (s.max_tokens <= 0) bad_model(path, "carries no 'max_tokens': pass --max-tokens");
+  probe_forward(path, *module, s);
   s.network = [module](const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& tokens) {
     return module->forward({x, t, tokens}).toTensor();
   };
   s.description = "TorchScript " + path;
+  s.identity = "torchscript sha256=" + sha256_of_file(path);
   return s;
 }
 

@@ -8,6 +8,10 @@
 //   image_shape: int64[3] = (C,H,W)   (optional; else --image-size)
 //   max_tokens: int64[] = L           (optional; else --max-tokens)
 // Tokens are byte tokens (model/tokenizer.h); all padding is the null condition.
+// A file is checked when loaded (load_torchscript_denoiser): alphas_cumprod
+// finite, strictly decreasing, inside (0, 1); image_shape / max_tokens within
+// kMaxImageSize / kMaxTokens; a probe forward on a batch of 2 returns x_t's
+// shape with finite values.
 #pragma once
 
 #include <string>
@@ -26,12 +30,23 @@ struct DenoiserSource {
   diffusion::NoiseSchedule schedule;
   int64_t channels = 3, image_size = 0, max_tokens = 0;
   std::string description;
+  // What makes its images, for keying results (eval/fid_sweep): "checkpoint step=S sha256=..." over
+  // the EMA parameters, buffers and the config; "torchscript sha256=..." of the file. Empty for
+  // denoiser_from_model.
+  std::string identity;
 };
+
+// Bounds on the geometry a denoiser (or `sample --image-size/--max-tokens`) may declare.
+constexpr int64_t kMaxImageSize = 4096;
+constexpr int64_t kMaxTokens = 4096;
+// Timesteps an alphas_cumprod may have.
+constexpr int64_t kMaxTimesteps = 100000;
 
 DenoiserSource load_checkpoint_denoiser(const std::string& checkpoint_or_run_dir);
 // A model in memory (e.g. the EMA weights during training), sampled as `config` says it was trained.
 DenoiserSource denoiser_from_model(model::UNet net, const Config& config, const std::string& description);
 // image_size / max_tokens: used when the file does not carry them (0 = not given).
+// Throws std::runtime_error naming the file and what is wrong with it.
 DenoiserSource load_torchscript_denoiser(const std::string& path, int64_t image_size, int64_t max_tokens);
 
 // The same source with its network run under autocast ("fp32": unchanged;

@@ -18,6 +18,10 @@ namespace difftrain {
 class Communicator;
 }
 
+namespace difftrain::monitoring {
+class JobPush;
+}
+
 namespace difftrain::eval {
 
 struct FidPoint {
@@ -45,7 +49,7 @@ struct SweepOptions {
                                        "dpm-solver-3", "dpm-solver++2m", "euler", "heun"};
   std::vector<int64_t> steps = {10, 25, 50};
   std::vector<double> guidance = {1.0, 3.0};
-  double eta = 0.0;
+  std::vector<double> eta = {0.0};     // ddim: one point per value (its own line); other samplers take none
   int64_t samples = 500;
   uint64_t seed = 0;
   int64_t batch_size = 64;
@@ -58,12 +62,38 @@ struct SweepOptions {
   int64_t compare_rows = 6;           // 0: no side-by-side grid (it runs full DDPM, the slow column)
   int64_t reference_limit = 0;         // images of the reference set used (0: all)
   std::string precision = "fp32";      // the network's: fp32 | bf16 (eval/denoiser_source.h with_precision)
+  // Progress (images of finished points) and, from rank 0, each computed point's FID are pushed
+  // here (--pushgateway; monitoring/job_push.h); may be null.
+  monitoring::JobPush* push = nullptr;
 };
 
-// Writes out_dir/results.jsonl (one line per point, appended as points finish, so
-// a re-run skips the points it already has), results.csv, results.json,
-// fid_vs_nfe-w<g>.png per guidance scale and comparison-w<g>.png (full DDPM | naive
-// subsampled DDPM | respaced DDPM | DDIM | DPM-Solver++(2M), same prompts and seeds).
-void run_sweep(const SweepOptions& options, Communicator* comm);
+// Bounds that refuse absurd requests up front.
+constexpr int64_t kMaxSweepSamples = 10000000;
+constexpr int64_t kMaxSweepBatch = 65536;
+constexpr int64_t kMaxSweepValues = 64;  // entries of each of --samplers, --steps, --guidance, --eta
+
+// Throws std::invalid_argument naming the option and value: an empty or too long list, a value
+// listed twice, a non-finite guidance, eta outside [0, 1], steps < 1, samples outside
+// 2..kMaxSweepSamples, batch size outside 1..kMaxSweepBatch, a negative compare or reference count.
+// Steps beyond the model's T are refused once it is loaded (run_sweep).
+void validate_sweep_options(const SweepOptions& options);
+
+struct SweepCounts {
+  int64_t reused = 0;      // stored with the same key: not recomputed
+  int64_t recomputed = 0;  // stored for the same setting but made from other inputs: computed again, replaced
+  int64_t added = 0;       // not stored before
+};
+
+// Writes out_dir/results.jsonl (one line per point, appended as points finish, so an
+// interrupted sweep resumes), results.csv, results.json, fid_vs_nfe-w<g>.png per guidance
+// scale and comparison-w<g>.png (full DDPM | naive subsampled DDPM | respaced DDPM | DDIM |
+// DPM-Solver++(2M), same prompts and seeds).
+// Each stored point carries `key`, a SHA-256 over everything that makes its FID: the model
+// (DenoiserSource::identity), the prompts, the reference statistics, the extractor file, N,
+// seed, precision and the sampler setting (name, steps, eta, spacing, variance, clip,
+// guidance). A point is reused only when its key matches; a stored point of the same setting
+// with another key is recomputed and replaced. The summaries show the points made from this
+// call's inputs, one line per distinct sampler setting ("ddim eta=0" and "ddim eta=1" apart).
+SweepCounts run_sweep(const SweepOptions& options, Communicator* comm);
 
 }  // namespace difftrain::eval

@@ -2,6 +2,8 @@
 
 #include <torch/torch.h>
 
+#include <stdexcept>
+
 #include "diffusion/guidance.h"
 #include "model/tokenizer.h"
 #include "trainer/batch_tensors.h"
@@ -18,13 +20,27 @@ torch::Tensor generate_images(const DenoiserSource& source, const diffusion::Sam
   auto null_tokens = torch::full_like(tokens, model::kPadToken);
   auto eps_model =
       diffusion::guided_eps_model(source.network, tokens, null_tokens, guidance, source.prediction, source.schedule);
+  const int64_t total = static_cast<int64_t>(diffusion::sampler_timesteps(sampler, source.schedule).size());
+  // One reduction per network call and per step (not a host loop over elements): a NaN or inf
+  // stops the run at the step that made it instead of surfacing as black images or a NaN FID.
+  int64_t step = 0;
+  const auto where = [&](int64_t t) {
+    return "sampling with " + sampler.name + ", step " + std::to_string(step) + " of " + std::to_string(total) +
+           " (t = " + std::to_string(t) + ", " + source.description + "): ";
+  };
+  diffusion::EpsModel checked = [&](const torch::Tensor& x, const torch::Tensor& t) {
+    auto eps = eps_model(x, t);
+    if (!torch::isfinite(eps).all().item<bool>())
+      throw std::runtime_error(where(t[0].item<int64_t>()) + "the model's output is not finite (NaN or inf)");
+    return eps;
+  };
   auto x_T = noise.randn({source.channels, source.image_size, source.image_size}, torch::kFloat32);
-  diffusion::SamplerCallback callback;
-  if (on_step)
-    callback = [&](const diffusion::SamplerStep& step) {
-      on_step(static_cast<double>(step.index + 1) / static_cast<double>(step.total));
-    };
-  return diffusion::run_sampler(sampler, eps_model, x_T, source.schedule, noise, callback);
+  diffusion::SamplerCallback callback = [&](const diffusion::SamplerStep& s) {
+    if (!torch::isfinite(s.x).all().item<bool>()) throw std::runtime_error(where(s.t) + "x_t is not finite (NaN or inf)");
+    ++step;
+    if (on_step) on_step(static_cast<double>(s.index + 1) / static_cast<double>(s.total));
+  };
+  return diffusion::run_sampler(sampler, checked, x_T, source.schedule, noise, callback);
 }
 
 }  // namespace difftrain::eval

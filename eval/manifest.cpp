@@ -4,7 +4,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cstdio>
+#include <filesystem>
 #include <fstream>
+#include <set>
 #include <stdexcept>
 
 namespace difftrain::eval {
@@ -52,6 +55,9 @@ void write_manifest(const std::string& path, const std::vector<ManifestEntry>& e
 }
 
 std::vector<ManifestEntry> read_manifest(const std::string& path) {
+  if (!std::filesystem::exists(path)) throw std::runtime_error("manifest " + path + " does not exist");
+  if (std::filesystem::is_directory(path))
+    throw std::runtime_error("manifest " + path + " is a directory, expected the manifest.jsonl that `sample` writes");
   std::ifstream file(path);
   if (!file) throw std::runtime_error("cannot open manifest " + path);
   std::vector<ManifestEntry> entries;
@@ -64,7 +70,20 @@ std::vector<ManifestEntry> read_manifest(const std::string& path) {
       throw std::runtime_error("manifest " + path + " line " + std::to_string(number) + ": " + e.what());
     }
   }
+  if (file.bad()) throw std::runtime_error("manifest " + path + ": read error");
   return entries;
+}
+
+std::string guidance_values(const std::vector<ManifestEntry>& entries) {
+  std::set<double> scales;
+  for (const ManifestEntry& e : entries) scales.insert(e.guidance);
+  std::string out;
+  char buf[32];
+  for (double w : scales) {
+    std::snprintf(buf, sizeof(buf), "%g", w);
+    out += (out.empty() ? "" : ", ") + std::string(buf);
+  }
+  return out;
 }
 
 }  // namespace difftrain::eval

@@ -23,8 +23,11 @@ struct ManifestEntry {
 void write_manifest(const std::string& path, const std::vector<ManifestEntry>& entries);
 
 // Blank lines are skipped; a malformed line, a missing key or a key of the
-// wrong type throws std::runtime_error naming the file and line number.
-// Unknown keys are ignored.
+// wrong type throws std::runtime_error naming the file and line number, as
+// does a path that does not exist or is a directory. Unknown keys are ignored.
 std::vector<ManifestEntry> read_manifest(const std::string& path);
+
+// The distinct guidance scales of the entries, increasing, as "1, 3" (for error messages).
+std::string guidance_values(const std::vector<ManifestEntry>& entries);
 
 }  // namespace difftrain::eval

@@ -1,21 +1,32 @@
 #include "eval/prompts.h"
 
+#include <filesystem>
 #include <fstream>
 #include <stdexcept>
 
 #include "data/captions.h"
+#include "data/shard_writer.h"
 #include "eval/sample_job.h"
 #include "trainer/config.h"
 
 namespace difftrain::eval {
 
+void check_prompt(const std::string& prompt, const std::string& where) {
+  const std::string defect = data::caption_defect(prompt);
+  if (!defect.empty()) throw std::invalid_argument(where + " " + defect + " (prompts are UTF-8 text)");
+}
+
 std::vector<std::string> read_prompt_file(const std::string& path) {
-  std::ifstream in(path);
+  if (std::filesystem::is_directory(path)) throw std::runtime_error("prompt file " + path + " is a directory");
+  std::ifstream in(path, std::ios::binary);
   if (!in) throw std::runtime_error("prompt file " + path + " cannot be opened");
   std::vector<std::string> prompts;
+  int64_t number = 0;
   for (std::string line; std::getline(in, line);) {
+    ++number;
     if (!line.empty() && line.back() == '\r') line.pop_back();
     if (line.find_first_not_of(" \t") == std::string::npos) continue;
+    check_prompt(line, "prompt file " + path + " line " + std::to_string(number));
     prompts.push_back(line);
   }
   if (in.bad()) throw std::runtime_error("prompt file " + path + ": read error");

@@ -13,8 +13,13 @@ struct Config;
 
 namespace difftrain::eval {
 
+// Prompts are captions (docs/SHARD_FORMAT.md): UTF-8 without NUL bytes. Throws
+// std::invalid_argument "<where> contains a NUL byte ..." / "... is not valid UTF-8".
+void check_prompt(const std::string& prompt, const std::string& where);
+
 // One prompt per line; blank lines are skipped, a trailing "\r" is dropped.
-// Throws std::runtime_error naming the file when it cannot be read or holds no prompt.
+// Throws std::runtime_error naming the file when it cannot be read or holds no prompt,
+// and naming the line when it holds a NUL byte or invalid UTF-8.
 std::vector<std::string> read_prompt_file(const std::string& path);
 
 // Every caption of the shard set `dir`, in the seeded order of data::seeded_order.

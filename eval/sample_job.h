@@ -9,6 +9,10 @@
 
 #include "diffusion/sampler_registry.h"
 
+namespace difftrain::monitoring {
+class JobPush;
+}
+
 namespace difftrain::eval {
 
 struct SampleOptions {
@@ -26,7 +30,19 @@ struct SampleOptions {
   int64_t threads = 2;
   int64_t upscale = 4;              // grid cells are upscaled for viewing
   std::string precision = "fp32";   // the network's: fp32 | bf16
+  monitoring::JobPush* push = nullptr;  // images done pushed here as they are made (--pushgateway); may be null
 };
+
+// Bounds that refuse absurd requests up front (one call, all guidance scales together).
+constexpr int64_t kMaxSampleImages = 1000000;
+constexpr int64_t kMaxBatchSize = 65536;
+constexpr int64_t kMaxGuidanceScales = 64;
+
+// Throws std::invalid_argument naming the option and its value: no prompt, a prompt with a NUL
+// byte or invalid UTF-8, a non-finite guidance scale, counts below 1 or past the bounds above
+// (images_per_prompt x prompts x guidance scales <= kMaxSampleImages), a negative image size or
+// token length. Steps beyond the model's T are refused once the model is loaded (run_sample_job).
+void validate_sample_options(const SampleOptions& options);
 
 struct SampleResult {
   std::string manifest;

@@ -4,8 +4,9 @@
 #include <torch/script.h>
 
 #include <algorithm>
-#include <cstdio>
-#include <stdexcept>
+#include <sstream>
+
+#include "eval/atomic_write.h"
 
 namespace difftrain::model {
 namespace {
@@ -42,10 +43,12 @@ void export_torchscript(torch::nn::Module& module, const std::string& type_name,
       c10::QualifiedName(*traced.type()->name(), "forward"), state->graph);
   traced.type()->addMethod(function);
 
-  const std::string temp = path + ".tmp";
-  traced.save(temp);
-  if (std::rename(temp.c_str(), path.c_str()) != 0)
-    throw std::runtime_error("cannot move exported model into place at '" + path + "'");
+  // Serialised to memory and written by a checked write: LibTorch's own file
+  // writer aborts the process when the disk fills.
+  std::ostringstream bytes;
+  traced.save(bytes);
+  const std::string data = bytes.str();
+  eval::write_file_atomically(path, data.data(), data.size());
 }
 
 }  // namespace difftrain::model

@@ -24,7 +24,8 @@ namespace difftrain::model {
 
 using TracedForward = std::function<torch::Tensor(const std::vector<torch::Tensor>& inputs)>;
 
-// Traces and saves to `path` (written to a temporary name, then renamed).
+// Traces and saves to `path` (eval/atomic_write.h: a temporary name, then renamed;
+// a write error such as a full disk throws std::runtime_error naming `path`).
 void export_torchscript(torch::nn::Module& module, const std::string& type_name, const TracedForward& forward,
                         const std::vector<torch::Tensor>& example_inputs,
                         const std::vector<std::pair<std::string, torch::Tensor>>& extra_buffers,

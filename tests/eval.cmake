@@ -4,3 +4,17 @@ add_executable(test_eval_io ${CMAKE_CURRENT_LIST_DIR}/test_image_io.cpp
                             ${CMAKE_CURRENT_LIST_DIR}/test_plot.cpp)
 target_link_libraries(test_eval_io PRIVATE difftrain_eval_io GTest::gtest_main)
 gtest_discover_tests(test_eval_io)
+
+# What the evaluation commands accept: option bounds, TorchScript denoiser checks, colour-match
+# on empty manifests, caption/prompt validation, sweep points keyed by their inputs.
+foreach(case SampleOptions TorchScriptChecks ColourMatchInput Captions SweepKeys)
+  add_test(NAME eval_input.${case}
+    COMMAND ${DIFFTRAIN_PYTHON} ${CMAKE_CURRENT_LIST_DIR}/eval_input_tests.py $<TARGET_FILE:difftrain> ${case})
+  set_tests_properties(eval_input.${case} PROPERTIES TIMEOUT 600)
+endforeach()
+
+# Option bounds, prompt/caption validation and the SHA-256 of sweep keys (library level).
+add_executable(test_eval_inputs ${CMAKE_CURRENT_LIST_DIR}/test_eval_inputs.cpp)
+difftrain_use_torch_pch(test_eval_inputs)
+target_link_libraries(test_eval_inputs PRIVATE difftrain_eval difftrain_data GTest::gtest_main)
+gtest_discover_tests(test_eval_inputs DISCOVERY_TIMEOUT 60)

@@ -1,6 +1,6 @@
 # monitoring/: metrics endpoint scraped over HTTP, progress line, dashboard JSON.
 add_executable(test_monitoring ${CMAKE_CURRENT_LIST_DIR}/test_metrics.cpp)
-target_link_libraries(test_monitoring PRIVATE difftrain_monitoring nlohmann_json::nlohmann_json
+target_link_libraries(test_monitoring PRIVATE difftrain_monitoring prometheus-cpp::core nlohmann_json::nlohmann_json
                       GTest::gtest_main)
 # The dashboard test reads the JSON from the source tree, not a copy.
 target_compile_definitions(test_monitoring PRIVATE DIFFTRAIN_DASHBOARD_JSON="${CMAKE_CURRENT_LIST_DIR}/../monitoring/grafana-dashboard.json")

@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <functional>
 #include <random>
 
 namespace de = difftrain::eval;
@@ -138,5 +139,44 @@ TEST(ColourMatch, ScoresAManifest) {
   EXPECT_EQ(weak.total, 2);
   EXPECT_DOUBLE_EQ(weak.fraction, 0.5);
 
-  EXPECT_EQ(de::colour_match(manifest, 9.0).fraction, 0.0);
+  // A scale the manifest does not have is an error naming the scales it has, never 0/0 = 0.
+  const auto message = [](const std::function<void()>& f) {
+    try {
+      f();
+    } catch (const std::runtime_error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  const std::string no_scale = message([&] { de::colour_match(manifest, 9.0); });
+  EXPECT_NE(no_scale.find("no images at guidance 9 (it has guidance 1, 3)"), std::string::npos) << no_scale;
+  EXPECT_NE(no_scale.find(manifest), std::string::npos) << no_scale;
+
+  // A listed image that is gone is named.
+  fs::remove(dir / "images/2.png");
+  const std::string gone = message([&] { de::colour_match(manifest, 3.0); });
+  EXPECT_NE(gone.find("lists images/2.png, which does not exist"), std::string::npos) << gone;
+}
+
+TEST(ColourMatch, RefusesManifestsWithNothingToScore) {
+  const fs::path dir = fresh_test_dir();
+  const auto message = [](const std::string& path) {
+    try {
+      de::colour_match(path, std::nullopt);
+    } catch (const std::runtime_error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  const std::string empty = (dir / "empty.jsonl").string();
+  de::write_manifest(empty, {});
+  EXPECT_NE(message(empty).find("manifest " + empty + " lists no images"), std::string::npos) << message(empty);
+  EXPECT_NE(message((dir / "none.jsonl").string()).find("none.jsonl does not exist"), std::string::npos);
+  EXPECT_NE(message(dir.string()).find("is a directory"), std::string::npos) << message(dir.string());
+
+  de::write_png((dir / "a.png").string(), shape({255, 0, 0}));
+  const std::string colourless = (dir / "colourless.jsonl").string();
+  de::write_manifest(colourless, {{"a.png", "a circle", 0, "ddim", 5, 1.0}});
+  EXPECT_NE(message(colourless).find("names a colour of the built-in palette"), std::string::npos)
+      << message(colourless);
 }

@@ -3,10 +3,13 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
+#include <functional>
 
 #include "model/unet.h"
 #include "tests/test_dirs.h"
 #include "trainer/checkpoint.h"
+#include "trainer/checkpoint_manifest.h"
 #include "distributed/weights_agreement.h"
 #include "distributed/communicator.h"
 #include "trainer/ema.h"
@@ -106,6 +109,166 @@ TEST(Checkpoint, IncompleteDirectoriesAreIgnoredAndMissingOnesNamed) {
     EXPECT_NE(std::string(e.what()).find("nope' does not exist"), std::string::npos) << e.what();
   }
   EXPECT_THROW(resolve_checkpoint(run.string()), CheckpointError);
+  fs::remove_all(run);
+}
+
+namespace {
+
+// A small checkpointable state: a linear model, its EMA and an AdamW that has stepped once.
+struct Tiny {
+  torch::nn::Linear model{3, 2}, ema{3, 2};
+  torch::optim::AdamW opt{model->parameters(), torch::optim::AdamWOptions(1e-3)};
+  Tiny() {
+    model(torch::randn({4, 3})).sum().backward();
+    opt.step();
+  }
+  CheckpointContents contents() { return {*model, *ema, opt}; }
+};
+
+void save_steps(Communicator& comm, const fs::path& run, Tiny& t, std::initializer_list<int64_t> steps, int64_t keep) {
+  TrainingState state;
+  for (int64_t step : steps) {
+    state.step = step, state.images_seen = 10 * step;
+    save_checkpoint(comm, run.string(), state, t.contents(), "train: {}\n", keep);
+  }
+}
+
+void flip_byte(const fs::path& path, size_t at) {
+  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekg(static_cast<std::streamoff>(at));
+  const char c = static_cast<char>(f.get() ^ 0x01);
+  f.seekp(static_cast<std::streamoff>(at));
+  f.put(c);
+}
+
+std::string result_of(const CheckpointCheck& check, const std::string& name) {
+  for (const auto& f : check.files)
+    if (f.name == name) return f.result;
+  return "(not reported)";
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const CheckpointError& e) {
+    return e.what();
+  }
+  return "(no CheckpointError)";
+}
+
+}  // namespace
+
+TEST(Checkpoint, Sha256OfTheStandardTestVector) {
+  EXPECT_EQ(sha256_hex("abc", 3), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  EXPECT_EQ(sha256_hex("", 0), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+}
+
+TEST(Checkpoint, ManifestVerifiesEveryFileAndNamesTheDamage) {
+  auto comm = make_communicator(*g_session, torch::kCPU);
+  const auto run = fresh_test_dir();
+  Tiny t;
+  save_steps(*comm, run, t, {4}, 3);
+  const fs::path dir = fs::path(checkpoints_dir(run.string())) / checkpoint_name(4);
+  const auto good = verify_checkpoint(dir.string());
+  EXPECT_TRUE(good.ok()) << good.problem;
+  ASSERT_EQ(good.files.size(), 6u);
+  EXPECT_EQ(good.files[0].name, "manifest.json");
+  for (const auto& f : good.files) EXPECT_EQ(f.result, "ok") << f.name;
+
+  flip_byte(dir / "optimizer.pt", 100);
+  fs::resize_file(dir / "ema.pt", 10);
+  fs::remove(dir / "config.yaml");
+  const auto bad = verify_checkpoint(dir.string());
+  EXPECT_FALSE(bad.ok());
+  EXPECT_EQ(result_of(bad, "model.pt"), "ok");
+  EXPECT_EQ(result_of(bad, "optimizer.pt").rfind("checksum mismatch (sha256 ", 0), 0u) << result_of(bad, "optimizer.pt");
+  EXPECT_EQ(result_of(bad, "ema.pt").rfind("size mismatch (10 bytes, the manifest says ", 0), 0u);
+  EXPECT_EQ(result_of(bad, "config.yaml"), "missing");
+  Tiny into;
+  const auto error = error_of([&] { load_checkpoint(dir.string(), into.contents()); });
+  EXPECT_NE(error.find("ema.pt: size mismatch"), std::string::npos) << error;
+  EXPECT_NE(error.find("optimizer.pt: checksum mismatch"), std::string::npos) << error;
+  EXPECT_NE(error_of([&] { load_ema_weights(dir.string(), *into.ema); }).find("ema.pt: size mismatch"),
+            std::string::npos);
+  fs::remove_all(run);
+}
+
+TEST(Checkpoint, StateJsonIsValidatedNamingFileKeyAndValue) {
+  const auto run = fresh_test_dir();
+  const fs::path dir = run / checkpoint_name(5);
+  fs::create_directories(dir);
+  const auto error_for = [&](const std::string& json) {
+    std::ofstream(dir / "state.json") << json;
+    return error_of([&] { read_training_state(dir.string()); });
+  };
+  const std::string valid_tail =
+      R"("images_seen": 50, "epoch": 0, "samples_in_epoch": 20, "loss_scale": 1.0, "loss_scale_clean_steps": 0, "world_size": 1})";
+  EXPECT_EQ(error_for(R"({"step": 5, )" + valid_tail), "(no CheckpointError)");
+  const std::pair<std::string, std::string> cases[] = {
+      {R"({"step": -5, )" + valid_tail, "key 'step' = -5: expected an integer >= 0"},
+      {R"({"step": "5", )" + valid_tail, "key 'step' = \"5\": expected an integer >= 0, not a JSON string"},
+      {R"({"step": 5.0, )" + valid_tail, "key 'step' = 5.0: expected an integer >= 0, not a fraction"},
+      {R"({"step": 7, )" + valid_tail, "key 'step' = 7: the directory's name says step 5"},
+      {R"({"step": 5, "images_seen": -1, "epoch": 0, "samples_in_epoch": 0, "loss_scale": 1.0, "loss_scale_clean_steps": 0, "world_size": 1})",
+       "key 'images_seen' = -1"},
+      {R"({"step": 5, "images_seen": 1, "epoch": 0, "samples_in_epoch": 0, "loss_scale": 0, "loss_scale_clean_steps": 0, "world_size": 1})",
+       "key 'loss_scale' = 0: expected a finite number > 0"},
+      {R"({"step": 5, "images_seen": 1, "epoch": 0, "samples_in_epoch": 0, "loss_scale": null, "loss_scale_clean_steps": 0, "world_size": 1})",
+       "key 'loss_scale' = null: expected a finite number > 0"},
+      {R"({"step": 5, "images_seen": 1, "epoch": 0, "samples_in_epoch": 0, "loss_scale": 1, "loss_scale_clean_steps": 0, "world_size": 0})",
+       "key 'world_size' = 0: expected an integer >= 1"},
+      {R"({"step": 5, "images_seen": 1, "samples_in_epoch": 0, "loss_scale": 1, "loss_scale_clean_steps": 0, "world_size": 1})",
+       "key 'epoch' is missing"},
+      {"[5]", "not a JSON object"},
+  };
+  for (const auto& [json, expected] : cases) {
+    const auto error = error_for(json);
+    EXPECT_NE(error.find((dir / "state.json").string()), std::string::npos) << error;
+    EXPECT_NE(error.find(expected), std::string::npos) << error;
+  }
+  fs::remove_all(run);
+}
+
+TEST(Checkpoint, ResumeFallsBackMovesDamageAsideAndPruningNeverTouchesIt) {
+  auto comm = make_communicator(*g_session, torch::kCPU);
+  const auto run = fresh_test_dir();
+  const fs::path root = checkpoints_dir(run.string());
+  Tiny t;
+  save_steps(*comm, run, t, {3, 5}, 3);
+  {
+    Tiny fresh;
+    EXPECT_FALSE(resume_from_newest_checkpoint(*comm, (run / "elsewhere").string(), fresh.contents()).has_value());
+  }
+  flip_byte(root / checkpoint_name(5) / "model.pt", 200);
+  Tiny into;
+  auto resumed = resume_from_newest_checkpoint(*comm, run.string(), into.contents());
+  ASSERT_TRUE(resumed.has_value());
+  EXPECT_EQ(resumed->dir, (root / checkpoint_name(3)).string());
+  EXPECT_EQ(resumed->state.step, 3);
+  EXPECT_EQ(resumed->state.images_seen, 30);
+  EXPECT_TRUE(torch::equal(into.model->weight, t.model->weight));
+  EXPECT_TRUE(fs::exists(root / "corrupt-step-000000005" / "model.pt"));
+  EXPECT_FALSE(fs::exists(root / checkpoint_name(5)));
+
+  // The same step damaged again gets a unique name; keep=1 prunes only complete checkpoints.
+  save_steps(*comm, run, t, {5}, 3);
+  fs::remove(root / checkpoint_name(5) / "manifest.json");
+  resumed = resume_from_newest_checkpoint(*comm, run.string(), into.contents());
+  EXPECT_EQ(resumed->state.step, 3);
+  EXPECT_TRUE(fs::exists(root / "corrupt-step-000000005.1"));
+  fs::create_directories(root / checkpoint_name(6));  // no manifest: never completed, never deleted
+  save_steps(*comm, run, t, {7, 8}, 1);
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(root)) names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"corrupt-step-000000005", "corrupt-step-000000005.1", checkpoint_name(6),
+                                             checkpoint_name(8)}));
+  // Nothing verifies: an error listing each, nothing moved.
+  flip_byte(root / checkpoint_name(8) / "ema.pt", 50);
+  const auto error = error_of([&] { resume_from_newest_checkpoint(*comm, run.string(), into.contents()); });
+  EXPECT_NE(error.find(checkpoint_name(8) + ": ema.pt: checksum mismatch"), std::string::npos) << error;
+  EXPECT_NE(error.find(checkpoint_name(6) + ": manifest.json: missing"), std::string::npos) << error;
+  EXPECT_TRUE(fs::exists(root / checkpoint_name(8)));
   fs::remove_all(run);
 }
 

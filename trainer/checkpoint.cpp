@@ -1,18 +1,18 @@
 #include "trainer/checkpoint.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
+#include <map>
+#include <regex>
 
 #include "distributed/communicator.h"
+#include "trainer/checkpoint_manifest.h"
 
 namespace difftrain {
 namespace fs = std::filesystem;
@@ -21,74 +21,40 @@ namespace {
 
 constexpr const char* kPrefix = "step-";
 constexpr const char* kTempPrefix = ".tmp-step-";
+constexpr const char* kCorruptPrefix = "corrupt-";
 constexpr const char* kStateFile = "state.json";
+constexpr const char* kConfigFile = "config.yaml";
+// Every checkpoint file, in the order they are written and listed in the manifest.
+const std::vector<std::string> kFiles = {"model.pt", "ema.pt", "optimizer.pt", kConfigFile, kStateFile};
 
-void fsync_path(const fs::path& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd < 0) throw CheckpointError("cannot open '" + path.string() + "' to fsync it");
-  const int rc = ::fsync(fd);
-  ::close(fd);
-  if (rc != 0) throw CheckpointError("fsync of '" + path.string() + "' failed");
+// The step a directory name claims: step-N, or corrupt-step-N[.k] once moved aside.
+std::optional<int64_t> step_of_name(const std::string& name) {
+  static const std::regex pattern("^(corrupt-)?step-([0-9]{1,18})(\\.[0-9]+)?$");
+  std::smatch m;
+  if (!std::regex_match(name, m, pattern)) return std::nullopt;
+  if (!m[1].matched && m[3].matched) return std::nullopt;  // a suffix only on moved-aside directories
+  return std::stoll(m[2].str());
 }
 
-void write_text(const fs::path& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary);
-  out << text;
-  out.close();
-  if (!out) throw CheckpointError("cannot write '" + path.string() + "'");
-  fsync_path(path);
-}
+// "run/checkpoints/step-000000010/" names step-000000010, not "".
+fs::path without_trailing_slash(const fs::path& dir) { return dir.has_filename() ? dir : dir.parent_path(); }
 
-std::string read_text(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw CheckpointError("checkpoint file '" + path.string() + "' is missing or unreadable");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-// Modules and optimizers serialise themselves into an archive.
-void write_archive(torch::serialize::OutputArchive& archive, const torch::nn::Module& m) { m.save(archive); }
-void write_archive(torch::serialize::OutputArchive& archive, const torch::optim::Optimizer& o) { o.save(archive); }
-void read_archive(torch::serialize::InputArchive& archive, torch::nn::Module& m) { m.load(archive); }
-void read_archive(torch::serialize::InputArchive& archive, torch::optim::Optimizer& o) { o.load(archive); }
-
-template <class T>
-void save_torch(const T& value, const fs::path& path) {
-  torch::serialize::OutputArchive archive;
-  write_archive(archive, value);
-  archive.save_to(path.string());
-  fsync_path(path);
-}
-
-template <class T>
-void load_torch(T& value, const fs::path& path) {
-  if (!fs::exists(path)) throw CheckpointError("checkpoint file '" + path.string() + "' is missing");
-  try {
-    torch::serialize::InputArchive archive;
-    archive.load_from(path.string());
-    read_archive(archive, value);
-  } catch (const c10::Error& e) {
-    throw CheckpointError("checkpoint file '" + path.string() + "' cannot be loaded: " + e.what_without_backtrace());
-  }
-}
-
-std::vector<std::pair<int64_t, fs::path>> complete_checkpoints(const std::string& run_dir) {
+// Checkpoint directories (step-N) under run_dir/checkpoints, newest first, complete or not.
+std::vector<std::pair<int64_t, fs::path>> checkpoint_dirs(const std::string& run_dir) {
   std::vector<std::pair<int64_t, fs::path>> found;
   const fs::path dir = checkpoints_dir(run_dir);
-  if (!fs::is_directory(dir)) return found;
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return found;
   for (const auto& entry : fs::directory_iterator(dir)) {
     const std::string name = entry.path().filename().string();
-    if (!entry.is_directory() || name.rfind(kPrefix, 0) != 0) continue;
-    if (!fs::exists(entry.path() / kStateFile)) continue;
-    try {
-      found.emplace_back(std::stoll(name.substr(std::string(kPrefix).size())), entry.path());
-    } catch (...) {
-    }
+    if (name.rfind(kPrefix, 0) != 0 || !entry.is_directory()) continue;
+    if (auto step = step_of_name(name)) found.emplace_back(*step, entry.path());
   }
-  std::sort(found.begin(), found.end());
+  std::sort(found.begin(), found.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
   return found;
 }
+
+// ---- state.json ----------------------------------------------------------------
 
 nlohmann::json state_to_json(const TrainingState& s) {
   return {{"step", s.step},
@@ -98,6 +64,233 @@ nlohmann::json state_to_json(const TrainingState& s) {
           {"loss_scale", s.loss_scale},
           {"loss_scale_clean_steps", s.loss_scale_clean_steps},
           {"world_size", s.world_size}};
+}
+
+// Throws std::runtime_error with the message without the file name ("key 'step' = -5: expected ...").
+// `expected_step`: the step the directory name (or the manifest) says.
+TrainingState parse_state(const std::string& text, std::optional<int64_t> expected_step, const std::string& source) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    throw std::runtime_error(std::string("not JSON: ") + e.what());
+  }
+  if (!j.is_object()) throw std::runtime_error("not a JSON object");
+  const auto integer = [&](const char* key, int64_t minimum) {
+    const auto it = j.find(key);
+    if (it == j.end()) throw std::runtime_error(std::string("key '") + key + "' is missing");
+    if (!it->is_number_integer())
+      throw std::runtime_error(std::string("key '") + key + "' = " + it->dump() + ": expected an integer >= " +
+                               std::to_string(minimum) + ", not " +
+                               (it->is_number() ? std::string("a fraction") : std::string("a JSON ") + it->type_name()));
+    const int64_t value = it->get<int64_t>();
+    if (value < minimum || (it->is_number_unsigned() && it->get<uint64_t>() > uint64_t(INT64_MAX)))
+      throw std::runtime_error(std::string("key '") + key + "' = " + it->dump() + ": expected an integer >= " +
+                               std::to_string(minimum));
+    return value;
+  };
+  TrainingState s;
+  s.step = integer("step", 0);
+  s.images_seen = integer("images_seen", 0);
+  s.epoch = integer("epoch", 0);
+  s.samples_in_epoch = integer("samples_in_epoch", 0);
+  s.loss_scale_clean_steps = integer("loss_scale_clean_steps", 0);
+  s.world_size = integer("world_size", 1);
+  const auto scale = j.find("loss_scale");
+  if (scale == j.end()) throw std::runtime_error("key 'loss_scale' is missing");
+  if (!scale->is_number() || !std::isfinite(scale->get<double>()) || scale->get<double>() <= 0)
+    throw std::runtime_error("key 'loss_scale' = " + scale->dump() + ": expected a finite number > 0");
+  s.loss_scale = scale->get<double>();
+  if (expected_step && s.step != *expected_step)
+    throw std::runtime_error("key 'step' = " + std::to_string(s.step) + ": " + source + " says step " +
+                             std::to_string(*expected_step));
+  return s;
+}
+
+// ---- reading and verifying -----------------------------------------------------
+
+struct Verified {
+  CheckpointCheck check;
+  std::map<std::string, std::string> bytes;  // the files read, by name
+  TrainingState state;                       // valid when state.json was read and check.ok()
+};
+
+std::string short_hash(const std::string& hex) { return hex.substr(0, 16) + "..."; }
+
+// Reads manifest.json and the files `names` of `dir`, checking each against the manifest.
+Verified read_and_verify(const fs::path& given, const std::vector<std::string>& names) {
+  const fs::path dir = without_trailing_slash(given);
+  Verified v;
+  v.check.dir = dir.string();
+  std::vector<std::string> problems;
+  const auto note = [&](const std::string& name, const std::string& result, bool counts = true) {
+    v.check.files.push_back({name, result});
+    if (result != "ok" && counts) problems.push_back(name + ": " + result);
+  };
+  const auto finish = [&]() {
+    for (size_t i = 0; i < problems.size(); ++i) v.check.problem += (i ? "; " : "") + problems[i];
+    return v;
+  };
+  const std::optional<int64_t> directory_step = step_of_name(dir.filename().string());
+
+  std::string text;
+  CheckpointManifest manifest;
+  try {
+    if (!read_file_bytes((dir / kManifestFile).string(), text)) {
+      note(kManifestFile, "missing (it is written last: the checkpoint was never completed, or predates verification)");
+      for (const auto& name : names)
+        note(name, fs::exists(dir / name) ? "not verifiable without the manifest" : "missing", false);
+      return finish();
+    }
+    manifest = parse_manifest(text);
+  } catch (const std::exception& e) {
+    note(kManifestFile, std::string("invalid (") + e.what() + ")");
+    return finish();
+  }
+  if (directory_step && manifest.step != *directory_step)
+    note(kManifestFile, "invalid (step " + std::to_string(manifest.step) + ", but the directory is " +
+                            dir.filename().string() + ")");
+  else
+    note(kManifestFile, "ok");
+
+  for (const auto& name : names) {
+    const auto entry = std::find_if(manifest.files.begin(), manifest.files.end(),
+                                    [&](const ManifestFile& f) { return f.name == name; });
+    if (entry == manifest.files.end()) {
+      note(name, "not listed in the manifest");
+      continue;
+    }
+    std::string bytes;
+    try {
+      if (!read_file_bytes((dir / name).string(), bytes)) {
+        note(name, "missing");
+        continue;
+      }
+    } catch (const std::exception& e) {
+      note(name, std::string("unreadable (") + e.what() + ")");
+      continue;
+    }
+    if (static_cast<int64_t>(bytes.size()) != entry->size) {
+      note(name, "size mismatch (" + std::to_string(bytes.size()) + " bytes, the manifest says " +
+                     std::to_string(entry->size) + ")");
+      continue;
+    }
+    const std::string hash = sha256_hex(bytes.data(), bytes.size());
+    if (hash != entry->sha256) {
+      note(name, "checksum mismatch (sha256 " + short_hash(hash) + ", the manifest says " + short_hash(entry->sha256) + ")");
+      continue;
+    }
+    if (name == kStateFile) {
+      try {
+        v.state = directory_step ? parse_state(bytes, directory_step, "the directory's name")
+                                 : parse_state(bytes, manifest.step, "manifest.json");
+      } catch (const std::exception& e) {
+        note(name, std::string("invalid (") + e.what() + ")");
+        continue;
+      }
+    }
+    note(name, "ok");
+    v.bytes[name] = std::move(bytes);
+  }
+  return finish();
+}
+
+// ---- archives --------------------------------------------------------------------
+
+// Modules and optimizers serialise themselves into an archive.
+void write_archive(torch::serialize::OutputArchive& archive, const torch::nn::Module& m) { m.save(archive); }
+void write_archive(torch::serialize::OutputArchive& archive, const torch::optim::Optimizer& o) { o.save(archive); }
+void read_archive(torch::serialize::InputArchive& archive, torch::nn::Module& m) { m.load(archive); }
+void read_archive(torch::serialize::InputArchive& archive, torch::optim::Optimizer& o) { o.load(archive); }
+
+// To memory, so the bytes are hashed once and written by checked writes (LibTorch's
+// own file writer aborts the process when the disk fills).
+template <class T>
+std::string serialise(const T& value) {
+  torch::serialize::OutputArchive archive;
+  write_archive(archive, value);
+  std::string bytes;
+  archive.save_to([&bytes](const void* data, size_t size) {
+    bytes.append(static_cast<const char*>(data), size);
+    return size;
+  });
+  return bytes;
+}
+
+template <class T>
+void load_archive(T& value, const std::string& bytes, const fs::path& path) {
+  try {
+    torch::serialize::InputArchive archive;
+    archive.load_from(bytes.data(), bytes.size());
+    read_archive(archive, value);
+  } catch (const c10::Error& e) {
+    throw CheckpointError("checkpoint file '" + path.string() + "' cannot be loaded: " + e.what_without_backtrace());
+  }
+}
+
+void load_contents(const std::map<std::string, std::string>& bytes, const fs::path& dir, const CheckpointContents& c) {
+  load_archive(c.model, bytes.at("model.pt"), dir / "model.pt");
+  load_archive(c.ema, bytes.at("ema.pt"), dir / "ema.pt");
+  load_archive(c.optimizer, bytes.at("optimizer.pt"), dir / "optimizer.pt");
+}
+
+// ---- choosing a checkpoint -------------------------------------------------------
+
+bool looks_like_checkpoint(const fs::path& given) {
+  const fs::path dir = without_trailing_slash(given);
+  return step_of_name(dir.filename().string()) || fs::exists(dir / kManifestFile) || fs::exists(dir / kStateFile);
+}
+
+fs::path corrupt_destination(const fs::path& dir) {
+  const fs::path base = dir.parent_path() / (kCorruptPrefix + dir.filename().string());
+  fs::path candidate = base;
+  for (int k = 1; fs::exists(candidate); ++k) candidate = base.string() + "." + std::to_string(k);
+  return candidate;
+}
+
+struct Chosen {
+  fs::path dir;
+  Verified verified;
+};
+
+// The newest checkpoint of `run_dir` that verifies (all files read), or std::nullopt
+// when there is none at all. Damaged newer ones get one warning each and, when
+// `move_aside`, are renamed to corrupt-step-N.
+std::optional<Chosen> newest_verified(const std::string& run_dir, bool move_aside) {
+  const auto candidates = checkpoint_dirs(run_dir);
+  if (candidates.empty()) return std::nullopt;
+  std::vector<std::pair<fs::path, std::string>> damaged;
+  std::optional<Chosen> chosen;
+  for (const auto& [step, dir] : candidates) {
+    auto v = read_and_verify(dir, kFiles);
+    if (v.check.ok()) {
+      chosen = Chosen{dir, std::move(v)};
+      break;
+    }
+    damaged.emplace_back(dir, v.check.problem);
+  }
+  if (!chosen) {
+    std::string list;
+    for (const auto& [dir, problem] : damaged) list += (list.empty() ? "" : "; ") + dir.filename().string() + ": " + problem;
+    throw CheckpointError("no checkpoint under '" + checkpoints_dir(run_dir) + "' verifies (" + list +
+                          "); nothing was moved or deleted: move them away to start afresh, or use another run.dir");
+  }
+  for (const auto& [dir, problem] : damaged) {
+    if (move_aside) {
+      const fs::path to = corrupt_destination(dir);
+      fs::rename(dir, to);
+      spdlog::warn("checkpoint {} is damaged ({}); moved aside to {}; resuming from {} instead",
+                   dir.filename().string(), problem, to.filename().string(), chosen->dir.filename().string());
+    } else {
+      spdlog::warn("checkpoint {} is damaged ({}); using {} instead", dir.string(), problem, chosen->dir.string());
+    }
+  }
+  if (move_aside && !damaged.empty()) fsync_directory(checkpoints_dir(run_dir));
+  return chosen;
+}
+
+[[noreturn]] void throw_damaged(const CheckpointCheck& check) {
+  throw CheckpointError("checkpoint '" + check.dir + "' does not verify: " + check.problem);
 }
 
 }  // namespace
@@ -111,17 +304,30 @@ std::string checkpoint_name(int64_t step) {
 std::string checkpoints_dir(const std::string& run_dir) { return (fs::path(run_dir) / "checkpoints").string(); }
 
 std::optional<std::string> latest_checkpoint(const std::string& run_dir) {
-  auto all = complete_checkpoints(run_dir);
-  if (all.empty()) return std::nullopt;
-  return all.back().second.string();
+  for (const auto& [step, dir] : checkpoint_dirs(run_dir))
+    if (fs::exists(dir / kManifestFile)) return dir.string();
+  return std::nullopt;
+}
+
+CheckpointCheck verify_checkpoint(const std::string& dir) { return read_and_verify(dir, kFiles).check; }
+
+std::string find_checkpoint(const std::string& path) {
+  if (!fs::exists(path)) throw CheckpointError("checkpoint directory '" + path + "' does not exist");
+  if (looks_like_checkpoint(path)) return path;
+  const auto all = checkpoint_dirs(path);
+  if (!all.empty()) return all.front().second.string();
+  throw CheckpointError("'" + path + "' is neither a checkpoint (no " + kManifestFile +
+                        ") nor a run directory with checkpoints under checkpoints/");
 }
 
 std::string resolve_checkpoint(const std::string& path) {
-  if (!fs::exists(path)) throw CheckpointError("checkpoint directory '" + path + "' does not exist");
-  if (fs::exists(fs::path(path) / kStateFile)) return path;
-  if (auto latest = latest_checkpoint(path)) return *latest;
-  throw CheckpointError("'" + path + "' is neither a checkpoint (no " + kStateFile +
-                        ") nor a run directory with complete checkpoints under checkpoints/");
+  const std::string dir = find_checkpoint(path);  // throws when there is none
+  if (looks_like_checkpoint(path)) {
+    const auto check = verify_checkpoint(dir);
+    if (!check.ok()) throw_damaged(check);
+    return dir;
+  }
+  return newest_verified(path, /*move_aside=*/false)->dir.string();
 }
 
 void remove_incomplete_checkpoints(const std::string& run_dir) {
@@ -137,57 +343,103 @@ std::string save_checkpoint(Communicator& comm, const std::string& run_dir, cons
   const fs::path final_dir = root / checkpoint_name(state.step);
   const fs::path temp_dir = root / (kTempPrefix + std::to_string(state.step));
   if (comm.rank() == 0) {
-    fs::create_directories(root);
-    fs::remove_all(temp_dir);
-    fs::create_directories(temp_dir);
-    save_torch(c.model, temp_dir / "model.pt");
-    save_torch(c.ema, temp_dir / "ema.pt");
-    save_torch(c.optimizer, temp_dir / "optimizer.pt");
-    write_text(temp_dir / "config.yaml", config_yaml);
-    write_text(temp_dir / kStateFile, state_to_json(state).dump(2) + "\n");
-    fsync_path(temp_dir);
-    fs::remove_all(final_dir);  // a re-run of the same step replaces it
-    fs::rename(temp_dir, final_dir);
-    fsync_path(root);
-    auto all = complete_checkpoints(run_dir);
-    for (size_t i = 0; i + static_cast<size_t>(keep) < all.size(); ++i) fs::remove_all(all[i].second);
+    try {
+      fs::create_directories(root);
+      fs::remove_all(temp_dir);
+      fs::create_directories(temp_dir);
+      const std::vector<std::pair<std::string, std::string>> files = {
+          {"model.pt", serialise(c.model)},
+          {"ema.pt", serialise(c.ema)},
+          {"optimizer.pt", serialise(c.optimizer)},
+          {kConfigFile, config_yaml},
+          {kStateFile, state_to_json(state).dump(2) + "\n"}};
+      CheckpointManifest manifest;
+      manifest.step = state.step;
+      for (const auto& [name, bytes] : files) {
+        write_file_synced((temp_dir / name).string(), bytes);
+        manifest.files.push_back({name, static_cast<int64_t>(bytes.size()), sha256_hex(bytes.data(), bytes.size())});
+      }
+      write_file_synced((temp_dir / kManifestFile).string(), manifest_to_json(manifest));
+      fsync_directory(temp_dir.string());
+      fs::remove_all(final_dir);  // a re-run of the same step replaces it
+      fs::rename(temp_dir, final_dir);
+      fsync_directory(root.string());
+    } catch (const std::exception& e) {
+      std::error_code ignored;
+      fs::remove_all(temp_dir, ignored);
+      throw CheckpointError("checkpoint at step " + std::to_string(state.step) + " not written: " + e.what() +
+                            " (its temporary directory was removed; the older checkpoints are as they were)");
+    }
+    // Only complete checkpoints count; damaged ones moved aside (corrupt-*) and
+    // directories without a manifest are never deleted here.
+    std::vector<fs::path> complete;
+    for (const auto& [step, dir] : checkpoint_dirs(run_dir))
+      if (fs::exists(dir / kManifestFile)) complete.push_back(dir);
+    for (size_t i = static_cast<size_t>(std::max<int64_t>(keep, 1)); i < complete.size(); ++i)
+      fs::remove_all(complete[i]);
   }
   comm.barrier("checkpoint written");
   return final_dir.string();
 }
 
-TrainingState read_training_state(const std::string& dir) {
-  const fs::path path = fs::path(dir) / kStateFile;
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(read_text(path));
-    TrainingState s;
-    s.step = j.at("step");
-    s.images_seen = j.at("images_seen");
-    s.epoch = j.at("epoch");
-    s.samples_in_epoch = j.at("samples_in_epoch");
-    s.loss_scale = j.at("loss_scale");
-    s.loss_scale_clean_steps = j.at("loss_scale_clean_steps");
-    s.world_size = j.at("world_size");
-    return s;
-  } catch (const nlohmann::json::exception& e) {
-    throw CheckpointError("checkpoint file '" + path.string() + "' is malformed: " + e.what());
+std::optional<ResumePoint> resume_from_newest_checkpoint(Communicator& comm, const std::string& run_dir,
+                                                         const CheckpointContents& contents) {
+  // Rank 0 decides and reads; the others receive its decision and bytes.
+  std::string chosen_dir;
+  std::map<std::string, std::string> bytes;
+  if (comm.rank() == 0) {
+    if (auto chosen = newest_verified(run_dir, /*move_aside=*/true)) {
+      chosen_dir = chosen->dir.string();
+      bytes = std::move(chosen->verified.bytes);
+    }
   }
+  comm.broadcast_bytes(chosen_dir, 0, "resume: the checkpoint rank 0 chose");
+  if (chosen_dir.empty()) return std::nullopt;
+  for (const char* name : {"model.pt", "ema.pt", "optimizer.pt", kStateFile})
+    comm.broadcast_bytes(bytes[name], 0, std::string("resume: ") + name + " from rank 0");
+  ResumePoint point;
+  point.dir = chosen_dir;
+  try {
+    point.state = parse_state(bytes[kStateFile], step_of_name(fs::path(chosen_dir).filename().string()),
+                              "the directory's name");
+  } catch (const std::exception& e) {
+    throw CheckpointError("checkpoint file '" + (fs::path(chosen_dir) / kStateFile).string() + "': " + e.what());
+  }
+  load_contents(bytes, chosen_dir, contents);
+  return point;
 }
 
-std::string read_checkpoint_config(const std::string& dir) { return read_text(fs::path(dir) / "config.yaml"); }
-
-TrainingState load_checkpoint(const std::string& dir, CheckpointContents& c) {
-  TrainingState state = read_training_state(dir);
-  load_torch(c.model, fs::path(dir) / "model.pt");
-  load_torch(c.ema, fs::path(dir) / "ema.pt");
-  load_torch(c.optimizer, fs::path(dir) / "optimizer.pt");
-  return state;
+TrainingState load_checkpoint(const std::string& dir, const CheckpointContents& c) {
+  auto v = read_and_verify(dir, kFiles);
+  if (!v.check.ok()) throw_damaged(v.check);
+  load_contents(v.bytes, dir, c);
+  return v.state;
 }
 
 void load_ema_weights(const std::string& dir, torch::nn::Module& model) {
-  load_torch(model, fs::path(dir) / "ema.pt");
+  auto v = read_and_verify(dir, {"ema.pt"});
+  if (!v.check.ok()) throw_damaged(v.check);
+  load_archive(model, v.bytes.at("ema.pt"), fs::path(dir) / "ema.pt");
 }
 
+TrainingState read_training_state(const std::string& dir) {
+  const fs::path path = fs::path(dir) / kStateFile;
+  std::string text;
+  try {
+    if (!read_file_bytes(path.string(), text)) throw CheckpointError("checkpoint file '" + path.string() + "' is missing");
+    return parse_state(text, step_of_name(without_trailing_slash(dir).filename().string()), "the directory's name");
+  } catch (const CheckpointError&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw CheckpointError("checkpoint file '" + path.string() + "': " + e.what());
+  }
+}
+
+std::string read_checkpoint_config(const std::string& dir) {
+  const fs::path path = fs::path(dir) / kConfigFile;
+  std::string text;
+  if (!read_file_bytes(path.string(), text)) throw CheckpointError("checkpoint file '" + path.string() + "' is missing");
+  return text;
+}
 
 }  // namespace difftrain

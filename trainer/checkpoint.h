@@ -1,17 +1,29 @@
-// Checkpoints: <run.dir>/checkpoints/step-000001000/
-//   model.pt, ema.pt, optimizer.pt   (rank 0; the weights are identical on every rank)
-//   state.json                       (step, images seen, data position, loss scale, world size)
-// No generator state: training draws are a function of the data position (trainer/sample_draws.h).
+// Checkpoints: <run.dir>/checkpoints/step-000001000/ (docs/CHECKPOINTS.md)
+//   model.pt, ema.pt, optimizer.pt   (LibTorch archives; the weights are identical on every rank)
 //   config.yaml                      (the resolved configuration)
-// Written into a hidden temporary directory, every file fsynced, then renamed:
-// a directory under the final name is always complete, so a crash at any
-// moment leaves either the previous checkpoints or the new one, never half.
+//   state.json                       (step, images seen, data position, loss scale, world size)
+//   manifest.json                    (size and SHA-256 of each file above; trainer/checkpoint_manifest.h)
+// No generator state: training draws are a function of the data position (trainer/sample_draws.h).
+//
+// Writing (rank 0): everything is serialised to memory, hashed once, written with
+// checked write + fsync into a hidden temporary directory, manifest.json last,
+// then the directory is renamed: one under the final name is always complete.
+// A full disk is a CheckpointError naming the file; the temporary directory is
+// removed and the older checkpoints are untouched.
+//
+// Reading verifies every file against the manifest (size, SHA-256) and the
+// steps of manifest, directory name and state.json against each other, and
+// validates state.json. Resuming takes the newest checkpoint that verifies and
+// moves each damaged newer one aside to corrupt-step-N (never deleted). Only
+// rank 0 reads the files; the other ranks receive the bytes over MPI, so runs
+// whose ranks have node-local disks resume too.
 #pragma once
 
 #include <torch/nn/module.h>
 #include <torch/optim/optimizer.h>
 
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -35,10 +47,35 @@ struct CheckpointError : std::runtime_error {
 
 std::string checkpoint_name(int64_t step);
 std::string checkpoints_dir(const std::string& run_dir);
-// Newest complete checkpoint under `run_dir`/checkpoints, if any.
+// Newest checkpoint under `run_dir`/checkpoints that was completely written
+// (has its manifest), whether or not it still verifies.
 std::optional<std::string> latest_checkpoint(const std::string& run_dir);
-// Accepts a checkpoint directory or a run directory (then its newest checkpoint);
-// throws CheckpointError naming the path when there is none.
+
+// The verification of one file: "ok", "missing", "size mismatch (...)",
+// "checksum mismatch (...)", "not listed in the manifest", "invalid (...)".
+struct FileCheck {
+  std::string name;  // manifest.json, model.pt, ema.pt, optimizer.pt, config.yaml, state.json
+  std::string result;
+  bool ok() const { return result == "ok"; }
+};
+
+struct CheckpointCheck {
+  std::string dir;
+  std::vector<FileCheck> files;  // manifest.json first, then the checkpoint's files
+  std::string problem;           // empty when it verifies; else every failure, "model.pt: checksum mismatch (...)"
+  bool ok() const { return problem.empty(); }
+};
+
+// Reads and checks every file of the checkpoint directory `dir`; damage is reported, not thrown.
+CheckpointCheck verify_checkpoint(const std::string& dir);
+
+// `path` itself when it is a checkpoint directory, else the newest checkpoint of
+// the run directory `path`, verified or not (for checkpoint-info).
+std::string find_checkpoint(const std::string& path);
+// A checkpoint that verifies, for sampling and export. A checkpoint directory
+// that does not verify is a CheckpointError naming the file and what is wrong.
+// For a run directory, its newest checkpoint that verifies; newer damaged ones
+// are named in one warning each and left where they are.
 std::string resolve_checkpoint(const std::string& path);
 
 struct CheckpointContents {
@@ -47,15 +84,33 @@ struct CheckpointContents {
   torch::optim::Optimizer& optimizer;
 };
 
-// Collective: every rank calls it. Keeps the newest `keep` checkpoints.
+// Collective: every rank calls it. Rank 0 writes; keeps the newest `keep`
+// complete checkpoints (directories moved aside as corrupt-* are never counted
+// nor deleted). Throws CheckpointError on rank 0 when the checkpoint cannot be
+// written (before the barrier: the caller ends the job).
 std::string save_checkpoint(Communicator& comm, const std::string& run_dir, const TrainingState& state,
                             const CheckpointContents& contents, const std::string& config_yaml, int64_t keep);
 
-// Loads model, EMA and optimizer. Every rank reads the shared files.
-TrainingState load_checkpoint(const std::string& dir, CheckpointContents& contents);
+struct ResumePoint {
+  std::string dir;  // the checkpoint resumed from
+  TrainingState state;
+};
 
-// Only the EMA weights, for sampling and export.
+// Collective. Rank 0 picks the newest checkpoint under `run_dir` that verifies,
+// moving damaged newer ones aside (one warning each), reads its files and
+// broadcasts them; every rank loads model, EMA and optimizer from memory.
+// std::nullopt when the run has no checkpoint; CheckpointError (rank 0) when
+// there are checkpoints and none verifies.
+std::optional<ResumePoint> resume_from_newest_checkpoint(Communicator& comm, const std::string& run_dir,
+                                                         const CheckpointContents& contents);
+
+// Loads model, EMA and optimizer of the checkpoint `dir` in this process after
+// verifying it; CheckpointError naming the file when it does not verify.
+TrainingState load_checkpoint(const std::string& dir, const CheckpointContents& contents);
+
+// Only the EMA weights (verified against the manifest), for sampling and export.
 void load_ema_weights(const std::string& dir, torch::nn::Module& model);
+// state.json, validated: CheckpointError naming the file, key and value otherwise.
 TrainingState read_training_state(const std::string& dir);
 std::string read_checkpoint_config(const std::string& dir);
 

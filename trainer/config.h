@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace difftrain {
@@ -19,6 +20,7 @@ struct ConfigError : std::runtime_error {
 struct RunConfig {
   std::string dir = "runs/default";  // checkpoints/, samples/, metrics.jsonl live here
   int64_t seed = 0;
+  std::string name;  // label run= of every metric; empty: the name of run.dir (resolved by parse_config_text)
 };
 
 struct DataConfig {
@@ -70,6 +72,13 @@ struct TrainConfig {
   std::string device = "cpu";      // cpu | cuda
   int64_t threads = 1;             // torch intra-op threads per rank
   int64_t log_every = 10;
+  // Non-finite guard (trainer/nonfinite_guard.h): a step whose gradients are not finite is skipped
+  // and counted; after `nonfinite_patience` consecutive ones the run rolls back to the newest
+  // verified checkpoint and goes on with the next data ("rollback"), at most `max_rollbacks`
+  // times, or ends with an error naming the step ("stop").
+  int64_t nonfinite_patience = 3;
+  std::string on_divergence = "rollback";  // rollback | stop
+  int64_t max_rollbacks = 3;
 };
 
 // Data-parallel training (distributed/gradient_reducer.h, distributed/mpi_worker.h).
@@ -88,6 +97,7 @@ struct MonitoringConfig {
   bool enabled = true;
   std::string host = "127.0.0.1";
   int64_t port = 9400;  // rank with local rank r serves on port + r
+  std::string pushgateway;  // "host:port" of a Prometheus Pushgateway: job state + final values pushed; empty: off
 };
 
 // A small FID point computed during training from the EMA weights (eval/fid_sweep.h).
@@ -124,11 +134,23 @@ struct Config {
 };
 
 // Loads `path` (empty = built-in defaults), applies "key.path=value" overrides,
-// rejects unknown keys and wrong types naming the key's path, validates ranges.
+// rejects unknown keys, repeated keys, wrong types and 64-bit overflow naming the
+// key's path, then validates: every number finite, every value in its range
+// (bounds in docs/CONFIG.md), the UNet buildable with no part silently left out.
 Config load_config(const std::string& path, const std::vector<std::string>& overrides);
 Config parse_config_text(const std::string& yaml_text, const std::string& source_name,
                          const std::vector<std::string>& overrides);
 void validate_config(const Config& config);
+// Reads back exactly (parse_config_text(config_to_yaml(c)) == c): strings
+// double-quoted, doubles in the shortest form that reads back as the same double.
 std::string config_to_yaml(const Config& config);
+
+// Every key with its value as compact JSON ("0.0003", "[16, 8]", "\"cpu\""), in schema order.
+std::vector<std::pair<std::string, std::string>> config_values(const Config& config);
+// A saved configuration (a checkpoint's config.yaml) read for comparison, not for use:
+// the keys it sets are applied over the defaults, types checked, ranges not. `present`
+// receives the known keys the text sets (keys added since are absent), `unknown` the rest.
+Config parse_saved_config(const std::string& yaml_text, const std::string& source_name,
+                          std::vector<std::string>* present, std::vector<std::string>* unknown);
 
 }  // namespace difftrain

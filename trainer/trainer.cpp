@@ -7,6 +7,11 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <optional>
+#include <set>
+#include <sstream>
+#include <cstdlib>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "data/captions.h"
@@ -21,6 +26,7 @@
 #include "monitoring/progress.h"
 #include "trainer/batch_tensors.h"
 #include "trainer/checkpoint.h"
+#include "trainer/config_diff.h"
 #include "distributed/communicator.h"
 #include "trainer/ema.h"
 #include "distributed/gradient_reducer.h"
@@ -28,6 +34,9 @@
 #include "trainer/lr_schedule.h"
 #include "distributed/mpi_session.h"
 #include "trainer/precision.h"
+#include "trainer/nonfinite_guard.h"
+#include "trainer/run_lock.h"
+#include "trainer/throughput_window.h"
 #include "trainer/sample_draws.h"
 #include "trainer/stop_signal.h"
 #include "distributed/weights_agreement.h"
@@ -98,6 +107,33 @@ void set_learning_rate(torch::optim::Optimizer& optimizer, double lr) {
 }
 
 
+bool all_finite(const std::vector<torch::Tensor>& tensors) {
+  for (const auto& t : tensors)
+    if (!torch::isfinite(t).all().item<bool>()) return false;
+  return true;
+}
+
+// Test hook (tests/reliability_tests.py): DIFFTRAIN_TEST_NONFINITE_STEPS="5,6,7" or "5@1,6@1"
+// makes the loss NaN in the 5th, 6th, 7th optimizer step this process runs (on every rank,
+// or only on the rank after '@'). Counted per process, so a rolled-back run does not meet
+// the same injected step again.
+std::set<int64_t> injected_nonfinite_steps(int rank) {
+  std::set<int64_t> steps;
+  const char* spec = std::getenv("DIFFTRAIN_TEST_NONFINITE_STEPS");
+  if (spec == nullptr) return steps;
+  std::stringstream ss(spec);
+  for (std::string item; std::getline(ss, item, ',');) {
+    const auto at = item.find('@');
+    try {
+      if (at == std::string::npos || std::stoi(item.substr(at + 1)) == rank) steps.insert(std::stoll(item.substr(0, at)));
+    } catch (const std::exception&) {
+      throw std::runtime_error("DIFFTRAIN_TEST_NONFINITE_STEPS='" + std::string(spec) +
+                               "': expected comma-separated steps, each optionally followed by @rank");
+    }
+  }
+  return steps;
+}
+
 void append_jsonl(const fs::path& path, const nlohmann::json& line) {
   std::ofstream out(path, std::ios::app);
   out << line.dump() << "\n";
@@ -112,11 +148,28 @@ void train(const Config& config, MpiSession& session, const TrainingHooks& hooks
   auto comm = make_communicator(session, device, {config.distributed.timeout_seconds});
   const bool lead = comm->rank() == 0;
   const std::string config_yaml = config_to_yaml(config);
+  // Before anything in run.dir is touched: a second job on it stops here.
+  std::optional<RunDirectoryLock> run_lock;
+  if (lead) run_lock.emplace(config.run.dir);
   if (lead) {
     spdlog::info("resolved configuration:\n{}", config_yaml);
     spdlog::info("world: {} rank(s), backend {}, device {}", comm->world_size(), comm->backend(), device.str());
-    fs::create_directories(config.run.dir);
     remove_incomplete_checkpoints(config.run.dir);
+  }
+  // After the run lock (a job refused there must not push "failed" over the running job's state), before
+  // what can fail: from here on a failure leaves by ~TrainingMetrics, which sets state failed and pushes it.
+  std::unique_ptr<monitoring::TrainingMetrics> metrics;
+  if (config.monitoring.enabled || !config.monitoring.pushgateway.empty()) {
+    monitoring::MetricsOptions metrics_options;
+    if (config.monitoring.enabled)
+      metrics_options.bind_address =
+          config.monitoring.host + ":" + std::to_string(config.monitoring.port + session.local_rank());
+    metrics_options.rank = comm->rank();
+    metrics_options.run = config.run.name;
+    metrics_options.pushgateway = config.monitoring.pushgateway;
+    metrics = std::make_unique<monitoring::TrainingMetrics>(metrics_options);
+    if (lead && config.monitoring.enabled)
+      spdlog::info("metrics: http://{}/metrics (+ local rank for the other ranks)", metrics->bound_address());
   }
 
   prepare_data(config, *comm);
@@ -146,11 +199,13 @@ void train(const Config& config, MpiSession& session, const TrainingHooks& hooks
 
   TrainingState state;
   state.world_size = comm->world_size();
-  if (auto latest = latest_checkpoint(config.run.dir)) {
-    CheckpointContents contents{*net, *ema_net, optimizer};
-    state = load_checkpoint(*latest, contents);
+  // Rank 0 picks the newest checkpoint that verifies and sends its bytes: ranks need no shared disk.
+  if (auto resumed = resume_from_newest_checkpoint(*comm, config.run.dir, {*net, *ema_net, optimizer})) {
+    state = resumed->state;
     scaler.restore(state.loss_scale, state.loss_scale_clean_steps);
-    if (lead) spdlog::info("resumed from {} at step {}", *latest, state.step);
+    if (lead) spdlog::info("resumed from {} at step {}", resumed->dir, state.step);
+    // A changed model/data key ends the job here (rank 0's error aborts every rank); other changes are recorded.
+    if (lead) check_resumed_config(config, resumed->dir, state.step);
     if (state.world_size != comm->world_size() && lead)
       spdlog::info("checkpoint was written by {} ranks, resuming with {}: data position kept by sample count",
                    state.world_size, comm->world_size());
@@ -182,14 +237,7 @@ void train(const Config& config, MpiSession& session, const TrainingHooks& hooks
     warn_about_long_captions(config);
   }
 
-  std::unique_ptr<monitoring::TrainingMetrics> metrics;
-  if (config.monitoring.enabled) {
-    const std::string address =
-        config.monitoring.host + ":" + std::to_string(config.monitoring.port + session.local_rank());
-    metrics = std::make_unique<monitoring::TrainingMetrics>(address, comm->rank());
-    metrics->set_step(state.step);
-    if (lead) spdlog::info("metrics: http://{}/metrics (+ local rank for the other ranks)", metrics->bound_address());
-  }
+  if (metrics) metrics->start(state.step, state.images_seen);  // pushes state running
 
   const auto schedule = diffusion::make_schedule(config.diffusion.schedule, config.diffusion.timesteps);
   const auto prediction = diffusion::parse_prediction(config.diffusion.prediction);
@@ -198,12 +246,47 @@ void train(const Config& config, MpiSession& session, const TrainingHooks& hooks
   const fs::path stats_path = fs::path(config.run.dir) / "metrics.jsonl";
   double loss_sum = 0, comm_wait_sum = 0;
   int64_t loss_count = 0;
-  auto last_log = Clock::now();
-  int64_t last_log_step = state.step;
+  const auto run_start = Clock::now();
+  const auto now_seconds = [&] { return std::chrono::duration<double>(Clock::now() - run_start).count(); };
+  ThroughputWindow window;
+  window.start(state.step, now_seconds());
+  NonfiniteGuard guard(config.train.nonfinite_patience, config.train.on_divergence == "rollback",
+                       config.train.max_rollbacks);
+  const auto injected = injected_nonfinite_steps(comm->rank());
+  if (lead && !injected.empty()) spdlog::warn("fault injection: non-finite loss at {} step(s) (DIFFTRAIN_TEST_NONFINITE_STEPS)", injected.size());
+  // Divergence: restore the newest verified checkpoint (collective) or end with an error.
+  const auto roll_back_or_stop = [&](StepVerdict verdict, int64_t at_step, const std::string& what) {
+    if (verdict == StepVerdict::kStop)
+      throw std::runtime_error("training diverged: " + what + "; train.on_divergence=" + config.train.on_divergence +
+                               ", " + std::to_string(guard.rollbacks()) + " rollback(s) of at most " +
+                               std::to_string(config.train.max_rollbacks) + " done. The newest checkpoint under " +
+                               checkpoints_dir(config.run.dir) + " holds finite weights: lower train.lr or raise "
+                               "train.grad_clip's strictness and run again to resume from it");
+    CheckpointContents contents{*net, *ema_net, optimizer};
+    const auto point = resume_from_newest_checkpoint(*comm, config.run.dir, contents);
+    if (!point)
+      throw std::runtime_error("training diverged: " + what + ", and there is no checkpoint to roll back to yet "
+                               "(checkpoint.every=" + std::to_string(config.checkpoint.every) + "); lower train.lr");
+    state.step = point->state.step;
+    scaler.restore(point->state.loss_scale, point->state.loss_scale_clean_steps);
+    guard.rolled_back();
+    if (metrics) metrics->record_rollback();
+    if (metrics) metrics->record_rollback();
+    if (lead) {
+      spdlog::warn("{}: rolled back to {} (step {}), going on with the next data (rollback {} of at most {})", what,
+                   point->dir, state.step, guard.rollbacks(), config.train.max_rollbacks);
+      append_jsonl(stats_path, {{"event", "rollback"}, {"step", at_step}, {"to_step", state.step},
+                                {"checkpoint", point->dir}, {"images_seen", state.images_seen}});
+    }
+    loss_sum = 0, loss_count = 0, comm_wait_sum = 0;
+    window.start(state.step, now_seconds());
+  };
   net->train();
 
+  int64_t iteration = 0;  // optimizer steps this process ran, rolled back or not
   while (state.step < config.train.max_steps) {
     const auto step_start = Clock::now();
+    ++iteration;
     reducer.zero_grad();
     double loss_value = 0;
     data::LoaderPosition last_position;
@@ -232,6 +315,7 @@ void train(const Config& config, MpiSession& session, const TrainingHooks& hooks
       }
       // The step's loss is the mean over its micro-batches, as one batch of accum * B would give.
       auto loss = torch::mse_loss(output.to(torch::kFloat32), target) / static_cast<double>(accum);
+      if (injected.count(iteration)) loss = loss * std::numeric_limits<double>::quiet_NaN();
       reducer.begin_backward(/*sync=*/micro + 1 == accum);
       (loss * scaler.scale()).backward();
       loss_value += loss.item<double>();
@@ -240,7 +324,24 @@ void train(const Config& config, MpiSession& session, const TrainingHooks& hooks
     const auto& grads = reducer.gradients();
     // Averaged gradients are identical on every rank, so every rank makes the same skip decision.
     const bool finite = scaler.unscale_and_check(grads);
+    // An fp16 overflow is the loss scaler's to handle until its scale reaches the floor.
+    const bool nonfinite = !finite && (!scaler.enabled() || scaler.scale() <= 1.0);
     scaler.update(finite);
+    const StepVerdict verdict = guard.observe(!nonfinite);
+    if (verdict == StepVerdict::kRollBack || verdict == StepVerdict::kStop) {
+      if (metrics) metrics->record_nonfinite_step();
+      if (metrics) metrics->record_nonfinite_step();
+      roll_back_or_stop(verdict, state.step + 1, std::to_string(guard.streak()) + " consecutive steps with non-finite gradients, "
+                                 "the last at step " + std::to_string(state.step + 1) + " (loss " +
+                                 std::to_string(loss_value) + " on rank " + std::to_string(comm->rank()) + ")");
+      continue;
+    }
+    if (nonfinite && lead) {
+      spdlog::warn("step {}: non-finite gradients (loss {} on rank 0), step skipped ({} of {} in a row allowed)",
+                   state.step + 1, loss_value, guard.streak(), guard.patience() - 1);
+      append_jsonl(stats_path, {{"event", "nonfinite"}, {"step", state.step + 1}, {"images_seen", state.images_seen},
+                                {"streak", guard.streak()}});
+    }
     const double lr = learning_rate_at(state.step, config.train.lr, config.train.warmup_steps,
                                        config.train.max_steps, config.train.min_lr_ratio);
     double grad_norm = 0;
@@ -259,20 +360,32 @@ void train(const Config& config, MpiSession& session, const TrainingHooks& hooks
     state.loss_scale = scaler.scale();
     state.loss_scale_clean_steps = scaler.clean_steps();
 
-    loss_sum += loss_value;
-    loss_count += 1;
+    if (std::isfinite(loss_value)) loss_sum += loss_value, loss_count += 1;  // non-finite steps are counted apart
     comm_wait_sum += reducer.last_step().wait_seconds;
     const double step_seconds = std::chrono::duration<double>(Clock::now() - step_start).count();
-    if (metrics)
-      metrics->record_step({loss_value, lr, step_seconds, static_cast<double>(B * accum) / step_seconds, grad_norm,
-                            scaler.scale(), B * accum, !finite, reducer.last_step().wait_seconds});
+    if (metrics) {
+      monitoring::StepStats stats;
+      stats.loss = loss_value;
+      stats.learning_rate = lr;
+      stats.step_seconds = step_seconds;
+      stats.images_per_second = static_cast<double>(B * accum) / step_seconds;
+      stats.grad_norm = grad_norm;
+      stats.loss_scale = scaler.scale();
+      stats.images = B * accum;
+      stats.skipped = !finite;
+      stats.nonfinite = nonfinite;
+      stats.comm_wait_seconds = reducer.last_step().wait_seconds;
+      stats.step = state.step;
+      stats.images_seen = state.images_seen;
+      metrics->record_step(stats);
+    }
 
     if (state.step % config.train.log_every == 0 || state.step == config.train.max_steps) {
       const auto totals = comm->allreduce_sum({loss_sum, static_cast<double>(loss_count), comm_wait_sum},
                                               "loss statistics");
       const double mean_loss = totals[0] / totals[1];
-      const double elapsed = std::chrono::duration<double>(Clock::now() - last_log).count();
-      const double per_step = elapsed / static_cast<double>(state.step - last_log_step);
+      const double elapsed = window.training_seconds(now_seconds());
+      const double per_step = elapsed / static_cast<double>(window.steps(state.step));
       const double images_per_second = static_cast<double>(global_batch * accum) / per_step;
       // Mean over ranks of the time the training thread waited for gradient all-reduces.
       const double comm_wait_fraction = totals[2] / comm->world_size() / elapsed;
@@ -288,9 +401,12 @@ void train(const Config& config, MpiSession& session, const TrainingHooks& hooks
                                   {"grad_norm", grad_norm},
                                   {"images_per_second", images_per_second},
                                   {"comm_wait_fraction", comm_wait_fraction},
-                                  {"loss_scale", scaler.scale()}});
+                                  {"loss_scale", scaler.scale()},
+                                  {"nonfinite_steps", guard.total()},
+                                  {"rollbacks", guard.rollbacks()}});
       }
-      loss_sum = 0, loss_count = 0, comm_wait_sum = 0, last_log = Clock::now(), last_log_step = state.step;
+      loss_sum = 0, loss_count = 0, comm_wait_sum = 0;
+      window.start(state.step, now_seconds());
     }
 
     if (config.eval.every > 0 && hooks.fid && state.step % config.eval.every == 0) {
@@ -304,20 +420,31 @@ void train(const Config& config, MpiSession& session, const TrainingHooks& hooks
         append_jsonl(stats_path, {{"step", state.step}, {"images_seen", state.images_seen}, {"fid", fid}});
       }
       net->train();
-      last_log = Clock::now();  // evaluation time is not training throughput
+      window.exclude(std::chrono::duration<double>(Clock::now() - eval_start).count());  // not training time
     }
 
     const bool last_step = state.step == config.train.max_steps;
     if (hooks.validation && lead &&
         ((config.eval.prompts_every > 0 && state.step % config.eval.prompts_every == 0) || last_step)) {
+      const auto validation_start = Clock::now();
       hooks.validation(ema_net, state.step);
       net->train();
-      last_log = Clock::now();
+      window.exclude(std::chrono::duration<double>(Clock::now() - validation_start).count());
     }
 
     // One tiny all-reduce per step: every rank stops at the same step if any rank was signalled.
     const bool stop = comm->allreduce_sum({pending_stop_signal() != 0 ? 1.0 : 0.0}, "stop flag")[0] > 0;
     if (stop || state.step % config.checkpoint.every == 0 || state.step == config.train.max_steps) {
+      // Never a checkpoint with non-finite weights (finite gradients with an extreme learning rate
+      // can still overflow them): that is divergence too. The weights agree on every rank.
+      if (!all_finite(net->parameters()) || !all_finite(ema_net->parameters())) {
+        const bool can_roll_back = config.train.on_divergence == "rollback" &&
+                                   guard.rollbacks() < config.train.max_rollbacks;
+        roll_back_or_stop(can_roll_back ? StepVerdict::kRollBack : StepVerdict::kStop, state.step,
+                          "the weights are not finite at step " + std::to_string(state.step) +
+                              " (not written as a checkpoint)");
+        continue;
+      }
       require_identical_weights(*comm, *net, "checkpoint at step " + std::to_string(state.step));
       CheckpointContents contents{*net, *ema_net, optimizer};
       const auto path = save_checkpoint(*comm, config.run.dir, state, contents, config_yaml, config.checkpoint.keep);
@@ -326,10 +453,12 @@ void train(const Config& config, MpiSession& session, const TrainingHooks& hooks
     if (stop) {
       if (lead) spdlog::info("stopping at step {} on a stop signal (SIGTERM/SIGUSR1); run the same command to resume",
                              state.step);
+      if (metrics) metrics->finish(monitoring::JobState::kStopped);
       return;
     }
   }
   if (lead) spdlog::info("training done: step {} in {}", state.step, config.run.dir);
+  if (metrics) metrics->finish(monitoring::JobState::kFinished);
 }
 
 }  // namespace difftrain
