@@ -217,7 +217,7 @@ int run_checkpoint_info(const std::string& path) {
   std::fflush(stdout);
   if (!check.ok()) throw CheckpointError("checkpoint '" + dir + "' does not verify: " + check.problem);
   const auto state = read_training_state(dir);
-  const Config config = parse_config_text(read_checkpoint_config(dir), dir + "/config.yaml", {});
+  const Config config = parse_saved_config(read_checkpoint_config(dir), dir + "/config.yaml", nullptr, nullptr);
   model::UNet model(model::unet_options_from(config.model, config.data.image_size, config.data.channels));
   load_ema_weights(dir, *model);
   const uint64_t ema_fp = weights_fingerprint(*model);

@@ -27,7 +27,7 @@ struct LoadedCheckpoint {
 LoadedCheckpoint load_ema(const std::string& path) {
   LoadedCheckpoint c;
   c.dir = resolve_checkpoint(path);
-  c.config = parse_config_text(read_checkpoint_config(c.dir), c.dir + "/config.yaml", {});
+  c.config = parse_saved_config(read_checkpoint_config(c.dir), c.dir + "/config.yaml", nullptr, nullptr);
   c.net = model::UNet(model::unet_options_from(c.config.model, c.config.data.image_size, c.config.data.channels));
   load_ema_weights(c.dir, *c.net);
   c.net->eval();

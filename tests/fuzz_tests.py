@@ -25,7 +25,7 @@ BINARY = None
 TINY = HERE / "tiny.yaml"
 SEED = int(os.environ.get("DIFFTRAIN_FUZZ_SEED", "20261202"))
 TIMEOUT = 90
-FAST = ["train.max_steps=1", "checkpoint.every=1", "train.log_every=1", "train.threads=1"]
+FAST = ["train.max_steps=1", "checkpoint.every=1", "train.log_every=1", "train.threads=1", "data.synthetic=false"]
 
 # Values that have broken parsers and validators elsewhere.
 NASTY_SCALARS = ["0", "-1", "1", "2", "-0", "0.5", "1e308", "-1e308", "1e-320", "inf", "-inf", "nan", ".inf", ".nan",
@@ -71,7 +71,7 @@ class Fuzz(TempDirTest):
         run_dir = self.dir / "trained"
         if not run_dir.exists():
             r = self.run_case(["train", "--config", str(TINY), f"run.dir={run_dir}", f"data.dir={self.shards()}",
-                               "train.max_steps=2", "checkpoint.every=2"], "train a tiny model")
+                               "train.max_steps=2", "checkpoint.every=2", "data.synthetic=false"], "train a tiny model")
             self.assertEqual(r.returncode, 0)
         return run_dir
 

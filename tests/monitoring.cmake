@@ -5,3 +5,11 @@ target_link_libraries(test_monitoring PRIVATE difftrain_monitoring prometheus-cp
 # The dashboard test reads the JSON from the source tree, not a copy.
 target_compile_definitions(test_monitoring PRIVATE DIFFTRAIN_DASHBOARD_JSON="${CMAKE_CURRENT_LIST_DIR}/../monitoring/grafana-dashboard.json")
 gtest_discover_tests(test_monitoring)
+
+# Real Prometheus + Pushgateway servers (skipped when not installed) watching short
+# training and sampling jobs: labels, stalls, final states, restarts, the dashboard.
+foreach(case LiveJob FinalStates Restart)
+  add_test(NAME monitoring_server.${case}
+    COMMAND ${DIFFTRAIN_PYTHON} ${CMAKE_CURRENT_LIST_DIR}/monitoring_server_tests.py $<TARGET_FILE:difftrain> ${case})
+  set_tests_properties(monitoring_server.${case} PROPERTIES TIMEOUT 300)
+endforeach()

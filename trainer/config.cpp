@@ -717,7 +717,7 @@ Config parse_saved_config(const std::string& yaml_text, const std::string& sourc
   std::vector<std::string> leaves;
   collect_leaf_paths(root, "", &leaves);
   for (const auto& leaf : leaves)
-    (std::find(keys.begin(), keys.end(), leaf) != keys.end() ? present : unknown)->push_back(leaf);
+    if (auto* sink = std::find(keys.begin(), keys.end(), leaf) != keys.end() ? present : unknown) sink->push_back(leaf);
   Config config;
   visit_config_fields(config, FromYaml{root, source_name});
   return config;

@@ -149,7 +149,9 @@ std::string config_to_yaml(const Config& config);
 std::vector<std::pair<std::string, std::string>> config_values(const Config& config);
 // A saved configuration (a checkpoint's config.yaml) read for comparison, not for use:
 // the keys it sets are applied over the defaults, types checked, ranges not. `present`
-// receives the known keys the text sets (keys added since are absent), `unknown` the rest.
+// receives the known keys the text sets (keys added since are absent), `unknown` the rest
+// (either may be null). Also how sample/export/checkpoint-info read a verified checkpoint's
+// config: a model trained under an older build's rules stays usable.
 Config parse_saved_config(const std::string& yaml_text, const std::string& source_name,
                           std::vector<std::string>* present, std::vector<std::string>* unknown);
 

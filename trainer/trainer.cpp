@@ -271,7 +271,6 @@ void train(const Config& config, MpiSession& session, const TrainingHooks& hooks
     scaler.restore(point->state.loss_scale, point->state.loss_scale_clean_steps);
     guard.rolled_back();
     if (metrics) metrics->record_rollback();
-    if (metrics) metrics->record_rollback();
     if (lead) {
       spdlog::warn("{}: rolled back to {} (step {}), going on with the next data (rollback {} of at most {})", what,
                    point->dir, state.step, guard.rollbacks(), config.train.max_rollbacks);
@@ -329,7 +328,6 @@ void train(const Config& config, MpiSession& session, const TrainingHooks& hooks
     scaler.update(finite);
     const StepVerdict verdict = guard.observe(!nonfinite);
     if (verdict == StepVerdict::kRollBack || verdict == StepVerdict::kStop) {
-      if (metrics) metrics->record_nonfinite_step();
       if (metrics) metrics->record_nonfinite_step();
       roll_back_or_stop(verdict, state.step + 1, std::to_string(guard.streak()) + " consecutive steps with non-finite gradients, "
                                  "the last at step " + std::to_string(state.step + 1) + " (loss " +
