@@ -413,8 +413,11 @@ class Restart(ServerTest):
         restarts = self.servers.values(f'changes(difftrain_process_start_time_seconds{{run="{run}"}}[2m])')
         print(f"restart: killed past step 630, resumed from step {checkpoint}; rate(steps_total[5s]) max "
               f"{steady:.1f}/s in the 10 s before the kill, {spike:.1f}/s over the {window} s across the restart")
+        # The steady rate of the resumed process too: on a shared machine the speed of a run
+        # changes when other jobs start or end, and a spike is judged against both.
+        steady_after = max(self.servers.values(f"max_over_time({rate}[4s:500ms])"))
         self.assertGreater(steady, 0)
-        self.assertLessEqual(spike, 2 * steady)
+        self.assertLessEqual(spike, 2 * max(steady, steady_after))
         self.assertEqual(restarts, [1.0])
         # What rate() saw: an ordinary counter reset, the new process counting its own steps from 0.
         samples = [float(v) for _, v in self.servers.query(f"{counter}[{window}s]")[0]["values"]]
