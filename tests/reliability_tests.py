@@ -124,6 +124,18 @@ class NonfiniteGuard(Workdir):
                          ["step-000000005"])
         self.assertEqual(fingerprint(self.dir / "run")[1], 5)
 
+    def test_non_finite_weights_are_never_written_as_a_checkpoint(self):
+        # Infinite weights after the 10th update: the checkpoint due at step 10 is not written;
+        # the run rolls back to step-5 and writes step-10 later from finite weights.
+        r = run(self.train_args("train.max_steps=12", "checkpoint.every=5", "checkpoint.keep=3"),
+                env={"DIFFTRAIN_TEST_NONFINITE_WEIGHTS": "10"})
+        self.assertEqual(r.returncode, 0, r.stderr[-3000:])
+        self.assertIn("the weights are not finite at step 10 (not written as a checkpoint)", r.stdout)
+        self.assertEqual([(e["step"], e["to_step"]) for e in events(self.dir / "run", "rollback")], [(10, 5)])
+        self.assertEqual(fingerprint(self.dir / "run")[1], 12)
+        info = run(["checkpoint-info", str(self.dir / "run" / "checkpoints" / "step-000000010")])
+        self.assertEqual(info.returncode, 0, info.stdout + info.stderr)
+
     def test_rollbacks_are_bounded(self):
         r = run(self.train_args("train.max_steps=20", "checkpoint.every=5", "train.max_rollbacks=1"),
                 env={"DIFFTRAIN_TEST_NONFINITE_STEPS": "7,8,9,11,12,13"})

@@ -113,13 +113,14 @@ bool all_finite(const std::vector<torch::Tensor>& tensors) {
   return true;
 }
 
-// Test hook (tests/reliability_tests.py): DIFFTRAIN_TEST_NONFINITE_STEPS="5,6,7" or "5@1,6@1"
+// Test hooks (tests/reliability_tests.py): DIFFTRAIN_TEST_NONFINITE_STEPS="5,6,7" or "5@1,6@1"
 // makes the loss NaN in the 5th, 6th, 7th optimizer step this process runs (on every rank,
-// or only on the rank after '@'). Counted per process, so a rolled-back run does not meet
-// the same injected step again.
-std::set<int64_t> injected_nonfinite_steps(int rank) {
+// or only on the rank after '@'); DIFFTRAIN_TEST_NONFINITE_WEIGHTS="10" makes one weight
+// infinite after the 10th step's update. Counted per process, so a rolled-back run does not
+// meet the same injected step again.
+std::set<int64_t> injected_steps(const char* variable, int rank) {
   std::set<int64_t> steps;
-  const char* spec = std::getenv("DIFFTRAIN_TEST_NONFINITE_STEPS");
+  const char* spec = std::getenv(variable);
   if (spec == nullptr) return steps;
   std::stringstream ss(spec);
   for (std::string item; std::getline(ss, item, ',');) {
@@ -127,7 +128,7 @@ std::set<int64_t> injected_nonfinite_steps(int rank) {
     try {
       if (at == std::string::npos || std::stoi(item.substr(at + 1)) == rank) steps.insert(std::stoll(item.substr(0, at)));
     } catch (const std::exception&) {
-      throw std::runtime_error("DIFFTRAIN_TEST_NONFINITE_STEPS='" + std::string(spec) +
+      throw std::runtime_error(std::string(variable) + "='" + std::string(spec) +
                                "': expected comma-separated steps, each optionally followed by @rank");
     }
   }
@@ -252,8 +253,11 @@ void train(const Config& config, MpiSession& session, const TrainingHooks& hooks
   window.start(state.step, now_seconds());
   NonfiniteGuard guard(config.train.nonfinite_patience, config.train.on_divergence == "rollback",
                        config.train.max_rollbacks);
-  const auto injected = injected_nonfinite_steps(comm->rank());
-  if (lead && !injected.empty()) spdlog::warn("fault injection: non-finite loss at {} step(s) (DIFFTRAIN_TEST_NONFINITE_STEPS)", injected.size());
+  const auto injected = injected_steps("DIFFTRAIN_TEST_NONFINITE_STEPS", comm->rank());
+  const auto injected_weights = injected_steps("DIFFTRAIN_TEST_NONFINITE_WEIGHTS", comm->rank());
+  if (lead && !(injected.empty() && injected_weights.empty()))
+    spdlog::warn("fault injection: non-finite loss at {} step(s), non-finite weights after {} step(s) "
+                 "(DIFFTRAIN_TEST_NONFINITE_*)", injected.size(), injected_weights.size());
   // Divergence: restore the newest verified checkpoint (collective) or end with an error.
   const auto roll_back_or_stop = [&](StepVerdict verdict, int64_t at_step, const std::string& what) {
     if (verdict == StepVerdict::kStop)
@@ -348,6 +352,10 @@ void train(const Config& config, MpiSession& session, const TrainingHooks& hooks
       clip_gradients(grads, grad_norm, config.train.grad_clip);
       set_learning_rate(optimizer, lr);
       optimizer.step();
+      if (injected_weights.count(iteration)) {
+        torch::NoGradGuard no_grad;
+        params.front().view(-1)[0].fill_(std::numeric_limits<double>::infinity());
+      }
     }
     state.step += 1;
     if (finite) ema.update(state.step);
