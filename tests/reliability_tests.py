@@ -157,6 +157,17 @@ class NonfiniteGuard(Workdir):
         self.assertEqual([e["step"] for e in events(self.dir / "run", "nonfinite")], [4])
         self.assertEqual(fingerprint(self.dir / "run")[1], 10)
 
+    def test_a_rollback_under_two_ranks_keeps_the_ranks_identical(self):
+        # Every rank restores the bytes rank 0 read; the checkpoints after the rollback check
+        # that all ranks hold identical weights before they are written.
+        r = subprocess.run(MPIRUN + ["-np", "2", BINARY] + self.train_args("train.max_steps=12", "train.threads=1",
+                                                                             "checkpoint.every=5"),
+                           capture_output=True, text=True, timeout=300,
+                           env=dict(os.environ, DIFFTRAIN_TEST_NONFINITE_STEPS="7@1,8@1,9@1"))
+        self.assertEqual(r.returncode, 0, r.stderr[-3000:])
+        self.assertEqual([(e["step"], e["to_step"]) for e in events(self.dir / "run", "rollback")], [(9, 5)])
+        self.assertEqual(fingerprint(self.dir / "run")[1], 12)
+
 
 if __name__ == "__main__":
     BINARY = sys.argv.pop(1)
