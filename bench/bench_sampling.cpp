@@ -15,6 +15,7 @@
 #include "model/unet.h"
 #include "trainer/batch_tensors.h"
 #include "trainer/config.h"
+#include "trainer/model_options.h"
 
 using namespace difftrain;
 using Clock = std::chrono::steady_clock;
@@ -65,7 +66,7 @@ int main(int argc, char** argv) {
   torch::set_num_threads(threads);
   torch::manual_seed(0);
   const Config config = load_config(config_path, {});
-  model::UNet net(model::unet_options_from(config.model, config.data.image_size, config.data.channels));
+  model::UNet net(unet_options_from(config.model, config.data.image_size, config.data.channels));
   net->eval();
   torch::NoGradGuard no_grad;
   const auto schedule = diffusion::make_schedule(config.diffusion.schedule, config.diffusion.timesteps);

@@ -1,6 +1,7 @@
 // difftrain command line: a thin layer over the libraries.
 //   make-data      write the built-in synthetic captioned-shapes shards
 //   make-shards    convert a folder (metadata.jsonl) or CSV/TSV of captioned images to shards
+//   encode-text    add precomputed text embeddings from a frozen TorchScript encoder to shards
 //   train          train (under mpirun/srun: one rank per process)
 //   sample         evaluation sampling from a checkpoint
 //   colour-match   fraction of sampled images showing their prompt's colour
@@ -20,6 +21,7 @@
 #include <optional>
 
 #include "cli/fail.h"
+#include "cli/encode_text_command.h"
 #include "cli/make_shards_command.h"
 #include "data/synthetic_shapes.h"
 #include "eval/atomic_write.h"
@@ -41,6 +43,7 @@
 #include "trainer/checkpoint.h"
 #include "distributed/weights_agreement.h"
 #include "trainer/config.h"
+#include "trainer/model_options.h"
 #include "distributed/mpi_session.h"
 #include "trainer/trainer.h"
 
@@ -218,7 +221,7 @@ int run_checkpoint_info(const std::string& path) {
   if (!check.ok()) throw CheckpointError("checkpoint '" + dir + "' does not verify: " + check.problem);
   const auto state = read_training_state(dir);
   const Config config = parse_saved_config(read_checkpoint_config(dir), dir + "/config.yaml", nullptr, nullptr);
-  model::UNet model(model::unet_options_from(config.model, config.data.image_size, config.data.channels));
+  model::UNet model(unet_options_from(config.model, config.data.image_size, config.data.channels));
   load_ema_weights(dir, *model);
   const uint64_t ema_fp = weights_fingerprint(*model);
   std::printf("step %lld\nimages_seen %lld\nema_fingerprint %016llx\n",
@@ -243,6 +246,7 @@ int main(int argc, char** argv) {
   make_data->add_option("--seed", spec.seed, "random seed");
 
   const auto make_shards = cli::add_make_shards_command(app);
+  const auto encode_text = cli::add_encode_text_command(app);
 
   auto* train = app.add_subcommand("train", "train a model (one process per rank under mpirun/srun)");
   std::string config_path;
@@ -402,6 +406,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (*make_shards->app) return cli::run_make_shards_command(argc, argv, *make_shards);
+    if (*encode_text->app) return cli::run_encode_text_command(argc, argv, *encode_text);
     if (*train) return run_train(argc, argv, config_path, overrides);
     if (*sample) {
       if (!sample_prompt_file.empty()) {

@@ -20,6 +20,18 @@ LoaderOptions checked(LoaderOptions options) {
   return options;
 }
 
+// The text-embedding shape the loader will read, when asked to; all 0 otherwise.
+TextEmbeddingShape text_shape_of(const LoaderOptions& options, const std::vector<ShardInfo>& shards) {
+  if (!options.load_text_embeddings) return {};
+  const std::optional<TextEmbeddingShape> shape = text_embedding_shape(shards);
+  if (!shape) {
+    throw ShardError("loader: the shards under " + options.shard_dir + " carry no text embeddings (datasets '" +
+                     kTextStatesDataset + "', '" + kTextMaskDataset + "'); add them with `difftrain encode-text --data " +
+                     options.shard_dir + " --encoder ...`");
+  }
+  return *shape;
+}
+
 std::vector<int64_t> offsets_of(const std::vector<ShardInfo>& shards) {
   std::vector<int64_t> offsets = {0};
   for (const ShardInfo& shard : shards) offsets.push_back(offsets.back() + shard.count);
@@ -33,6 +45,7 @@ Loader::Loader(LoaderOptions options, LoaderPosition start)
       shards_(open_shard_directory(options_.shard_dir, options_.geometry)),
       shard_offsets_(offsets_of(shards_)),
       dataset_size_(shard_offsets_.back()),
+      text_shape_(text_shape_of(options_, shards_)),
       order_(dataset_size_, options_.batch_size, options_.rank, options_.world_size, options_.seed),
       readers_(shards_.size()) {
   if (order_.batches_per_epoch() == 0) {
@@ -102,6 +115,14 @@ bool Loader::read_batch(const LoaderPosition& position, Batch* batch) {
   batch->position = position;
   batch->images.resize(static_cast<size_t>(batch->size * image_bytes));  // (B, H, W, C)
   batch->captions.resize(indices.size());                                // (B)
+  const bool text = options_.load_text_embeddings;
+  const TextEmbeddingShape& ts = text_shape_;
+  if (text) {
+    batch->text_shape = ts;
+    batch->text_states.resize(static_cast<size_t>(batch->size * ts.state_values()));  // (B, L, D)
+    batch->text_mask.resize(static_cast<size_t>(batch->size * ts.tokens));           // (B, L)
+    batch->text_pooled.resize(static_cast<size_t>(batch->size * ts.pooled_width));   // (B, D')
+  }
   for (size_t k = 0; k < indices.size(); ++k) {
     if (stop_) return false;
     const auto shard = static_cast<size_t>(
@@ -111,6 +132,13 @@ bool Loader::read_batch(const LoaderPosition& position, Batch* batch) {
     readers_[shard]->read(indices[k] - shard_offsets_[shard],
                           batch->images.data() + static_cast<int64_t>(k) * image_bytes,
                           &batch->captions[k]);
+    if (text) {
+      const auto row = static_cast<int64_t>(k);
+      readers_[shard]->read_text(indices[k] - shard_offsets_[shard],
+                                 batch->text_states.data() + row * ts.state_values(),
+                                 batch->text_mask.data() + row * ts.tokens,
+                                 ts.pooled_width > 0 ? batch->text_pooled.data() + row * ts.pooled_width : nullptr);
+    }
   }
   return true;
 }

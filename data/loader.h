@@ -40,6 +40,9 @@ struct LoaderOptions {
   int rank = 0, world_size = 1;
   uint64_t seed = 0;
   int prefetch_batches = 4;
+  // Also read each sample's precomputed text embeddings (docs/CONDITIONING.md) into
+  // Batch::text_*; every shard must carry them, with the same shape and encoder.
+  bool load_text_embeddings = false;
 };
 
 struct Batch {
@@ -47,6 +50,11 @@ struct Batch {
   std::vector<std::string> captions;  // (B)
   int64_t size = 0;                   // B
   LoaderPosition position;            // position of this batch
+  // Filled only with LoaderOptions::load_text_embeddings; row k belongs to images[k].
+  TextEmbeddingShape text_shape;      // L, D, D' (all 0 without embeddings)
+  std::vector<uint16_t> text_states;  // (B, L, D) float16 bits
+  std::vector<uint8_t> text_mask;     // (B, L) 1 = real token
+  std::vector<uint16_t> text_pooled;  // (B, D') float16 bits; empty when the shards have no text_pooled
 };
 
 // Each epoch: a permutation of all N samples (across all shards, in file-name
@@ -60,8 +68,8 @@ struct Batch {
 // {epoch, batches_per_epoch()}, carries into the next epoch.
 class Loader {
  public:
-  // Throws ShardError for a bad shard directory or if an epoch would hold no
-  // batch, std::invalid_argument for nonsense options.
+  // Throws ShardError for a bad shard directory, if an epoch would hold no
+  // batch, or if text embeddings are asked for and a shard lacks them or disagrees, std::invalid_argument for nonsense options.
   Loader(LoaderOptions options, LoaderPosition start);
   ~Loader();
   Loader(const Loader&) = delete;
@@ -70,6 +78,8 @@ class Loader {
   Batch next();  // blocks until the next batch is read; rethrows reader errors
   int64_t batches_per_epoch() const { return order_.batches_per_epoch(); }
   int64_t dataset_size() const { return dataset_size_; }  // N, all ranks together
+  // The shards' text-embedding shape; set with load_text_embeddings, else all 0.
+  const TextEmbeddingShape& text_shape() const { return text_shape_; }
 
  private:
   void read_ahead(LoaderPosition position);  // the reader thread
@@ -80,6 +90,7 @@ class Loader {
   const std::vector<ShardInfo> shards_;
   std::vector<int64_t> shard_offsets_;  // (shards + 1): global index of each shard's first sample
   int64_t dataset_size_ = 0;
+  TextEmbeddingShape text_shape_;
 
   // Its permutation cache belongs to the reader thread; batches_per_epoch() only
   // reads fields fixed at construction.

@@ -17,6 +17,15 @@ inline constexpr const char* kShardExtension = ".h5";
 inline constexpr const char* kImagesDataset = "images";      // uint8 (N, H, W, C)
 inline constexpr const char* kCaptionsDataset = "captions";  // UTF-8 strings (N)
 inline constexpr const char* kLabelsDataset = "labels";      // optional: int64 class labels (N)
+// Optional precomputed text embeddings (docs/CONDITIONING.md): states and mask
+// come together or not at all; pooled is optional within the group.
+inline constexpr const char* kTextStatesDataset = "text_states";  // float16 (N, L, D)
+inline constexpr const char* kTextMaskDataset = "text_mask";      // uint8 (N, L), 1 = real token
+inline constexpr const char* kTextPooledDataset = "text_pooled";  // float16 (N, D')
+// Optional within the group: the null condition (the empty caption's embedding), one row.
+inline constexpr const char* kTextNullStatesDataset = "text_null_states";  // float16 (1, L, D)
+inline constexpr const char* kTextNullMaskDataset = "text_null_mask";      // uint8 (1, L)
+inline constexpr const char* kTextNullPooledDataset = "text_null_pooled";  // float16 (1, D'), iff text_pooled
 
 inline constexpr const char* kFormatAttribute = "format";
 inline constexpr const char* kFormatVersionAttribute = "format_version";
@@ -25,6 +34,10 @@ inline constexpr const char* kWidthAttribute = "width";
 inline constexpr const char* kChannelsAttribute = "channels";
 // Optional: the class names of `labels`, as a JSON array of strings.
 inline constexpr const char* kLabelNamesAttribute = "label_names";
+// With the text embeddings, required: which encoder made them ("<file> sha256:<hex>" from
+// `difftrain encode-text`, free text otherwise) and which tokenizer ("bytes", "sentencepiece ...").
+inline constexpr const char* kTextEncoderAttribute = "text_encoder";
+inline constexpr const char* kTextTokenizerAttribute = "text_tokenizer";
 
 // Images are grey (C = 1) or RGB (C = 3); RGBA, palette and 16-bit images are
 // converted before sharding (`difftrain make-shards`).
@@ -49,6 +62,27 @@ inline bool operator==(const ImageGeometry& a, const ImageGeometry& b) {
   return a.height == b.height && a.width == b.width && a.channels == b.channels;
 }
 inline bool operator!=(const ImageGeometry& a, const ImageGeometry& b) { return !(a == b); }
+
+// The shape of a shard's text embeddings: L tokens of width D, pooled width D'
+// (0 when the shard has no `text_pooled`).
+struct TextEmbeddingShape {
+  int64_t tokens = 0, width = 0, pooled_width = 0;  // L, D, D'
+  bool has_null = false;  // the shard stores the null condition (text_null_*)
+
+  int64_t state_values() const { return tokens * width; }  // of one (L, D) sample
+};
+
+inline bool operator==(const TextEmbeddingShape& a, const TextEmbeddingShape& b) {
+  return a.tokens == b.tokens && a.width == b.width && a.pooled_width == b.pooled_width && a.has_null == b.has_null;
+}
+inline bool operator!=(const TextEmbeddingShape& a, const TextEmbeddingShape& b) { return !(a == b); }
+
+// "L=77 D=768 D'=768" (D'=none without pooled), for messages.
+inline std::string to_string(const TextEmbeddingShape& s) {
+  return "L=" + std::to_string(s.tokens) + " D=" + std::to_string(s.width) +
+         " D'=" + (s.pooled_width > 0 ? std::to_string(s.pooled_width) : std::string("none")) +
+         (s.has_null ? " with null condition" : "");
+}
 
 // "(H, W, C)" with numbers, for error messages.
 inline std::string to_string(const ImageGeometry& g) {

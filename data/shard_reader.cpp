@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <filesystem>
 #include <system_error>
+#include <tuple>
+#include <utility>
 
 #include "data/hdf5_util.h"
 
@@ -157,6 +159,118 @@ void check_labels(const H5::H5File& file, const std::string& path, int64_t count
   }
 }
 
+// IEEE 754 half precision, little-endian: what numpy's float16 becomes in h5py.
+bool is_float16(const H5::DataType& type) {
+  if (type.getClass() != H5T_FLOAT || type.getSize() != 2) return false;
+  size_t sign = 0, exponent_pos = 0, exponent_size = 0, mantissa_pos = 0, mantissa_size = 0;
+  if (H5Tget_fields(type.getId(), &sign, &exponent_pos, &exponent_size, &mantissa_pos, &mantissa_size) < 0) {
+    return false;
+  }
+  return sign == 15 && exponent_pos == 10 && exponent_size == 5 && mantissa_pos == 0 && mantissa_size == 10 &&
+         H5Tget_order(type.getId()) == H5T_ORDER_LE;
+}
+
+bool is_uint8(const H5::DataType& type) {
+  return type.getClass() == H5T_INTEGER && type.getSize() == 1 && H5Tget_sign(type.getId()) == H5T_SGN_NONE;
+}
+
+std::string dtype_of(const H5::DataType& type) {
+  const std::string name = describe_type(type);
+  // Another 16-bit float (bfloat16) or a big-endian half reads as "float16" but is not ours.
+  return name == "float16" ? "float16 with a non-IEEE-half or big-endian layout" : name;
+}
+
+// The text embeddings group: nullopt when the shard has none of its datasets;
+// otherwise all-or-nothing, with dtypes, shapes and counts checked against N.
+std::optional<TextEmbeddingShape> check_text_embeddings(const H5::H5File& file, const std::string& path,
+                                                        int64_t count, std::string* encoder,
+                                                        std::string* tokenizer) {
+  const bool has_states = has_dataset(file, kTextStatesDataset);
+  const bool has_mask = has_dataset(file, kTextMaskDataset);
+  const bool has_pooled = has_dataset(file, kTextPooledDataset);
+  if (!has_states && !has_mask && !has_pooled && !has_dataset(file, kTextNullStatesDataset) &&
+      !has_dataset(file, kTextNullMaskDataset)) {
+    return std::nullopt;
+  }
+  for (const auto& [present, name] : {std::pair{has_states, kTextStatesDataset}, std::pair{has_mask, kTextMaskDataset}}) {
+    if (!present) {
+      throw ShardError(shard(path) + "dataset '" + name + "' is missing; text embeddings need both '" +
+                       kTextStatesDataset + "' and '" + kTextMaskDataset + "' ('" + kTextPooledDataset +
+                       "' is optional)");
+    }
+  }
+  const std::string n = std::to_string(count);
+  const H5::DataSet states = file.openDataSet(kTextStatesDataset);
+  if (!is_float16(states.getDataType())) {
+    throw ShardError(shard(path) + "dataset '" + kTextStatesDataset + "' has dtype " +
+                     dtype_of(states.getDataType()) + ", expected float16");
+  }
+  const std::vector<hsize_t> state_dims = dataset_shape(states);
+  if (state_dims.size() != 3 || static_cast<int64_t>(state_dims[0]) != count || state_dims[1] == 0 ||
+      state_dims[2] == 0) {
+    throw ShardError(shard(path) + "dataset '" + kTextStatesDataset + "' has shape " + describe_shape(state_dims) +
+                     ", expected (N, L, D) = (" + n + ", L, D) with L, D > 0 (one per image)");
+  }
+  TextEmbeddingShape shape{static_cast<int64_t>(state_dims[1]), static_cast<int64_t>(state_dims[2]), 0};
+  const H5::DataSet mask = file.openDataSet(kTextMaskDataset);
+  if (!is_uint8(mask.getDataType())) {
+    throw ShardError(shard(path) + "dataset '" + kTextMaskDataset + "' has dtype " +
+                     dtype_of(mask.getDataType()) + ", expected uint8 (1 = real token, 0 = padding)");
+  }
+  const std::vector<hsize_t> mask_dims = dataset_shape(mask);
+  if (mask_dims != std::vector<hsize_t>{state_dims[0], state_dims[1]}) {
+    throw ShardError(shard(path) + "dataset '" + kTextMaskDataset + "' has shape " + describe_shape(mask_dims) +
+                     ", expected (N, L) = " + describe_shape({state_dims[0], state_dims[1]}) + " (as '" +
+                     kTextStatesDataset + "')");
+  }
+  if (has_pooled) {
+    const H5::DataSet pooled = file.openDataSet(kTextPooledDataset);
+    if (!is_float16(pooled.getDataType())) {
+      throw ShardError(shard(path) + "dataset '" + kTextPooledDataset + "' has dtype " +
+                       dtype_of(pooled.getDataType()) + ", expected float16");
+    }
+    const std::vector<hsize_t> pooled_dims = dataset_shape(pooled);
+    if (pooled_dims.size() != 2 || static_cast<int64_t>(pooled_dims[0]) != count || pooled_dims[1] == 0) {
+      throw ShardError(shard(path) + "dataset '" + kTextPooledDataset + "' has shape " +
+                       describe_shape(pooled_dims) + ", expected (N, D') = (" + n + ", D') with D' > 0");
+    }
+    shape.pooled_width = static_cast<int64_t>(pooled_dims[1]);
+  }
+  // The null condition: one row shaped like the samples', all-or-nothing.
+  const bool has_null_states = has_dataset(file, kTextNullStatesDataset);
+  const bool has_null_mask = has_dataset(file, kTextNullMaskDataset);
+  const bool has_null_pooled = has_dataset(file, kTextNullPooledDataset);
+  if (has_null_states || has_null_mask || has_null_pooled) {
+    std::vector<std::tuple<bool, const char*, bool, std::vector<hsize_t>>> parts = {
+        {has_null_states, kTextNullStatesDataset, true, {1, state_dims[1], state_dims[2]}},
+        {has_null_mask, kTextNullMaskDataset, false, {1, state_dims[1]}}};
+    if (has_pooled || has_null_pooled) {
+      parts.push_back({has_null_pooled && has_pooled, kTextNullPooledDataset, true,
+                       {1, static_cast<hsize_t>(shape.pooled_width)}});
+    }
+    for (const auto& [ok, name, half, dims] : parts) {
+      if (!ok) {
+        throw ShardError(shard(path) + "dataset '" + name + "' is " + (has_dataset(file, name) ? "present" : "missing") +
+                         "; the null condition has '" + kTextNullStatesDataset + "', '" + kTextNullMaskDataset +
+                         "' and, exactly when '" + kTextPooledDataset + "' exists, '" + kTextNullPooledDataset + "'");
+      }
+      const H5::DataSet dataset = file.openDataSet(name);
+      if (half ? !is_float16(dataset.getDataType()) : !is_uint8(dataset.getDataType())) {
+        throw ShardError(shard(path) + "dataset '" + name + "' has dtype " + dtype_of(dataset.getDataType()) +
+                         ", expected " + (half ? "float16" : "uint8"));
+      }
+      if (dataset_shape(dataset) != dims) {
+        throw ShardError(shard(path) + "dataset '" + name + "' has shape " + describe_shape(dataset_shape(dataset)) +
+                         ", expected " + describe_shape(dims) + " (one row shaped like the samples')");
+      }
+    }
+    shape.has_null = true;
+  }
+  *encoder = read_string_attribute(file, path, kTextEncoderAttribute);
+  *tokenizer = read_string_attribute(file, path, kTextTokenizerAttribute);
+  return shape;
+}
+
 std::vector<std::string> shard_paths_of(const std::string& dir) {
   std::vector<std::string> paths;
   try {
@@ -192,7 +306,9 @@ ShardInfo validate_shard(const std::string& path, const ImageGeometry& expected)
     const int64_t count = check_images(file, path, expected);
     check_captions(file, path, count);
     check_labels(file, path, count);
-    return ShardInfo{path, count, expected};
+    ShardInfo info{path, count, expected, std::nullopt, "", ""};
+    info.text = check_text_embeddings(file, path, count, &info.text_encoder, &info.text_tokenizer);
+    return info;
   } catch (const H5::Exception& e) {
     throw shard_error_from(path, "HDF5 error while validating", e);
   }
@@ -204,6 +320,24 @@ std::vector<ShardInfo> open_shard_directory(const std::string& dir, const ImageG
   shards.reserve(paths.size());
   for (const std::string& path : paths) shards.push_back(validate_shard(path, expected));
   return shards;
+}
+
+std::optional<TextEmbeddingShape> text_embedding_shape(const std::vector<ShardInfo>& shards) {
+  if (shards.empty()) return std::nullopt;
+  const ShardInfo& first = shards.front();
+  const auto describe = [](const ShardInfo& s) {
+    return s.text ? "text embeddings " + to_string(*s.text) + " from encoder \"" + s.text_encoder + "\""
+                  : std::string("no text embeddings (datasets '") + kTextStatesDataset + "', '" + kTextMaskDataset + "')";
+  };
+  for (const ShardInfo& s : shards) {
+    const bool same = s.text.has_value() == first.text.has_value() &&
+                      (!s.text || (*s.text == *first.text && s.text_encoder == first.text_encoder));
+    if (!same) {
+      throw ShardError(shard(s.path) + "has " + describe(s) + ", but " + first.path + " has " + describe(first) +
+                       "; every shard of a directory must carry the same text embeddings");
+    }
+  }
+  return first.text;
 }
 
 ImageGeometry shard_directory_geometry(const std::string& dir) {
@@ -259,6 +393,21 @@ struct ShardReader::Handles {
   H5::DataSpace image_memory_space;  // (1, H, W, C)
 };
 
+struct ShardReader::TextHandles {
+  TextHandles(const H5::H5File& file, bool has_pooled)
+      : states(file.openDataSet(kTextStatesDataset)),
+        mask(file.openDataSet(kTextMaskDataset)),
+        pooled(has_pooled ? file.openDataSet(kTextPooledDataset) : H5::DataSet()),
+        states_type(states.getDataType()),
+        pooled_type(has_pooled ? pooled.getDataType() : H5::DataType()) {}
+
+  H5::DataSet states;  // float16 (N, L, D)
+  H5::DataSet mask;    // uint8 (N, L)
+  H5::DataSet pooled;  // float16 (N, D'), or an invalid handle
+  // float16 is read with the file's own type as memory type: the raw bits, no conversion.
+  H5::DataType states_type, pooled_type;
+};
+
 ShardReader::ShardReader(const ShardInfo& info) : info_(info) {
   const auto n = static_cast<hsize_t>(info_.count);
   const hsize_t image_block[4] = {1, static_cast<hsize_t>(info_.geometry.height),
@@ -280,6 +429,17 @@ ShardReader::ShardReader(const ShardInfo& info) : info_(info) {
                        ", expected " + describe_shape(want));
     }
     captions_ = read_all_captions(captions, n);
+    std::unique_ptr<TextHandles> text;
+    if (info_.text) {
+      std::string encoder, tokenizer;
+      const auto now = check_text_embeddings(handles->file, info_.path, info_.count, &encoder, &tokenizer);
+      if (now != info_.text) {
+        throw ShardError(shard(info_.path) + "changed since it was validated: text embeddings are " +
+                         (now ? to_string(*now) : std::string("gone")) + ", expected " + to_string(*info_.text));
+      }
+      text = std::make_unique<TextHandles>(handles->file, info_.text->pooled_width > 0);
+    }
+    text_h5_ = std::move(text);
   } catch (const H5::Exception& e) {
     throw shard_error_from(info_.path, "cannot open for reading", e);
   }
@@ -287,16 +447,21 @@ ShardReader::ShardReader(const ShardInfo& info) : info_(info) {
 }
 
 ShardReader::~ShardReader() {
-  if (!h5_) return;
+  if (!h5_ && !text_h5_) return;
   auto lock = lock_hdf5();
+  text_h5_.reset();
   h5_.reset();
 }
 
-void ShardReader::read(int64_t index, uint8_t* image_hwc_out, std::string* caption_out) {
+void ShardReader::check_index(int64_t index) const {
   if (index < 0 || index >= info_.count) {
     throw ShardError(shard(info_.path) + "sample index " + std::to_string(index) +
                      " is outside [0, " + std::to_string(info_.count) + ")");
   }
+}
+
+void ShardReader::read(int64_t index, uint8_t* image_hwc_out, std::string* caption_out) {
+  check_index(index);
   if (caption_out != nullptr) *caption_out = captions_[static_cast<size_t>(index)];
   if (image_hwc_out == nullptr) return;
   auto lock = lock_hdf5();
@@ -310,6 +475,55 @@ void ShardReader::read(int64_t index, uint8_t* image_hwc_out, std::string* capti
                      h5_->image_file_space);
   } catch (const H5::Exception& e) {
     throw shard_error_from(info_.path, "reading sample " + std::to_string(index) + " failed", e);
+  }
+}
+
+void ShardReader::read_text(int64_t index, uint16_t* states_out, uint8_t* mask_out, uint16_t* pooled_out) {
+  check_index(index);
+  if (!text_h5_) {
+    throw ShardError(shard(info_.path) + "has no text embeddings (datasets '" + kTextStatesDataset + "', '" +
+                     kTextMaskDataset + "'); run `difftrain encode-text` on its directory");
+  }
+  const TextEmbeddingShape& shape = *info_.text;
+  const auto row = static_cast<hsize_t>(index);
+  auto lock = lock_hdf5();
+  try {
+    // One sample: the row `index` of a rank-2 or rank-3 dataset.
+    const auto read_row = [&](const H5::DataSet& dataset, const H5::DataType& memory_type, void* out,
+                              std::vector<hsize_t> block) {
+      std::vector<hsize_t> start(block.size(), 0);
+      start[0] = row;
+      H5::DataSpace file_space = dataset.getSpace();
+      file_space.selectHyperslab(H5S_SELECT_SET, block.data(), start.data());
+      const H5::DataSpace memory_space(static_cast<int>(block.size()), block.data());
+      dataset.read(out, memory_type, memory_space, file_space);
+    };
+    const auto l = static_cast<hsize_t>(shape.tokens), d = static_cast<hsize_t>(shape.width);
+    if (states_out != nullptr) read_row(text_h5_->states, text_h5_->states_type, states_out, {1, l, d});
+    if (mask_out != nullptr) read_row(text_h5_->mask, H5::PredType::NATIVE_UINT8, mask_out, {1, l});
+    if (pooled_out != nullptr && shape.pooled_width > 0) {
+      read_row(text_h5_->pooled, text_h5_->pooled_type, pooled_out, {1, static_cast<hsize_t>(shape.pooled_width)});
+    }
+  } catch (const H5::Exception& e) {
+    throw shard_error_from(info_.path, "reading the text embeddings of sample " + std::to_string(index) + " failed", e);
+  }
+}
+
+void ShardReader::read_text_null(uint16_t* states_out, uint8_t* mask_out, uint16_t* pooled_out) {
+  if (!info_.text || !info_.text->has_null) {
+    throw ShardError(shard(info_.path) + "has no null condition (dataset '" + kTextNullStatesDataset + "')");
+  }
+  auto lock = lock_hdf5();
+  try {
+    const H5::DataSet states = h5_->file.openDataSet(kTextNullStatesDataset);
+    if (states_out != nullptr) states.read(states_out, states.getDataType());
+    if (mask_out != nullptr) h5_->file.openDataSet(kTextNullMaskDataset).read(mask_out, H5::PredType::NATIVE_UINT8);
+    if (pooled_out != nullptr && info_.text->pooled_width > 0) {
+      const H5::DataSet pooled = h5_->file.openDataSet(kTextNullPooledDataset);
+      pooled.read(pooled_out, pooled.getDataType());
+    }
+  } catch (const H5::Exception& e) {
+    throw shard_error_from(info_.path, "reading the null condition failed", e);
   }
 }
 

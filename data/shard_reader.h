@@ -20,6 +20,10 @@ struct ShardInfo {
   std::string path;
   int64_t count = 0;  // N, the number of samples
   ImageGeometry geometry;
+  // Present when the shard carries precomputed text embeddings (text_states + text_mask,
+  // optionally text_pooled), with the attributes that name their encoder and tokenizer.
+  std::optional<TextEmbeddingShape> text;
+  std::string text_encoder, text_tokenizer;  // "" without text
 };
 
 // Opens and validates a shard: exists, is HDF5 (a truncated file gives a clean
@@ -28,6 +32,8 @@ struct ShardInfo {
 // per image. Throws ShardError whose message names the file, the dataset or
 // attribute, what was found and what was expected, e.g.
 //   "shard runs/data/shard-00003.h5: dataset 'images' has dtype float32, expected uint8".
+// Text embeddings, when present, are checked too: states and mask together,
+// float16 (N, L, D) / uint8 (N, L) / float16 (N, D'), the encoder attributes set.
 ShardInfo validate_shard(const std::string& path, const ImageGeometry& expected);
 
 // Lists "*.h5" in a directory sorted by name and validates each. Throws
@@ -38,6 +44,12 @@ std::vector<ShardInfo> open_shard_directory(const std::string& dir, const ImageG
 // open_shard_directory(dir, shard_directory_geometry(dir)) then validates all.
 // Throws ShardError naming the directory when it has no shard.
 ImageGeometry shard_directory_geometry(const std::string& dir);
+
+// The text-embedding shape every shard of a directory agrees on, or nullopt
+// when none carries embeddings. Throws ShardError naming the first shard that
+// differs from the first one: it lacks the embeddings while the first has them
+// (or the other way round), has another (L, D, D'), or another `text_encoder`.
+std::optional<TextEmbeddingShape> text_embedding_shape(const std::vector<ShardInfo>& shards);
 
 // The optional `labels` dataset of a shard (int64, one class per sample), or
 // nullopt when the shard has none. Throws ShardError for a malformed one.
@@ -62,12 +74,22 @@ class ShardReader {
   const ShardInfo& info() const { return info_; }
   // image_hwc_out: (H, W, C) bytes, or null to skip the image; caption_out may be null.
   void read(int64_t index, uint8_t* image_hwc_out, std::string* caption_out);
+  // The text embeddings of one sample (info().text must be set, else ShardError):
+  // states_out (L, D) float16 bits, mask_out (L), pooled_out (D') float16 bits
+  // (only read when the shard has `text_pooled`). Any may be null to skip it.
+  void read_text(int64_t index, uint16_t* states_out, uint8_t* mask_out, uint16_t* pooled_out);
+  // The null condition (the empty caption's embedding), same layout as one
+  // sample; info().text->has_null must be set, else ShardError.
+  void read_text_null(uint16_t* states_out, uint8_t* mask_out, uint16_t* pooled_out);
 
  private:
-  struct Handles;  // the HDF5 objects, kept out of this header
+  struct Handles;      // the HDF5 objects, kept out of this header
+  struct TextHandles;  // those of the text embeddings, when present
+  void check_index(int64_t index) const;
   ShardInfo info_;
   std::vector<std::string> captions_;  // (N)
   std::unique_ptr<Handles> h5_;
+  std::unique_ptr<TextHandles> text_h5_;
 };
 
 }  // namespace difftrain::data

@@ -23,6 +23,24 @@ void fsync_path(const std::string& path, int flags) {
   if (rc != 0) throw ShardError("fsync of " + path + " failed: " + std::strerror(fsync_errno));
 }
 
+// IEEE half, little-endian, built the way h5py builds numpy's float16.
+H5::FloatType float16_type() {
+  H5::FloatType type(H5::PredType::IEEE_F32LE);
+  type.setFields(15, 10, 5, 0, 10);
+  type.setSize(2);
+  type.setEbias(15);
+  return type;
+}
+
+void remove_file_quietly(const std::string& path) {
+  std::error_code ignored;
+  std::filesystem::remove(path, ignored);
+}
+
+void unlink_if_present(H5::H5File& file, const char* name) {
+  if (H5Lexists(file.getId(), name, H5P_DEFAULT) > 0) file.unlink(name);
+}
+
 bool is_reserved_attribute(const std::string& name) {
   for (const char* reserved : {kFormatAttribute, kFormatVersionAttribute, kHeightAttribute,
                                kWidthAttribute, kChannelsAttribute}) {
@@ -167,6 +185,98 @@ void ShardWriter::close() {
   fsync_path(parent.empty() ? "." : parent.string(), O_RDONLY | O_DIRECTORY);
   images_.clear();  // count() stays valid; the pixels are what take memory
   images_.shrink_to_fit();
+}
+
+void write_text_embeddings(const std::string& path, const TextEmbeddings& e) {
+  const auto fail = [&](const std::string& what) { return ShardError("shard " + path + ": " + what); };
+  const TextEmbeddingShape& shape = e.shape;
+  if (e.count < 1 || shape.tokens < 1 || shape.width < 1 || shape.pooled_width < 0) {
+    throw fail("cannot write text embeddings of " + std::to_string(e.count) + " samples, " + to_string(shape));
+  }
+  const auto n = static_cast<size_t>(e.count);
+  if (e.states.size() != n * static_cast<size_t>(shape.state_values()) ||
+      e.mask.size() != n * static_cast<size_t>(shape.tokens) ||
+      e.pooled.size() != n * static_cast<size_t>(shape.pooled_width) ||
+      e.null_states.size() != (shape.has_null ? static_cast<size_t>(shape.state_values()) : 0) ||
+      e.null_mask.size() != (shape.has_null ? static_cast<size_t>(shape.tokens) : 0) ||
+      e.null_pooled.size() != (shape.has_null ? static_cast<size_t>(shape.pooled_width) : 0)) {
+    throw fail("text embeddings of " + std::to_string(e.count) + " samples with " + to_string(shape) + " hold " +
+               std::to_string(e.states.size()) + " state, " + std::to_string(e.mask.size()) + " mask and " +
+               std::to_string(e.pooled.size()) + " pooled values (null condition: " +
+               std::to_string(e.null_states.size()) + ", " + std::to_string(e.null_mask.size()) + ", " +
+               std::to_string(e.null_pooled.size()) + "), which do not fit");
+  }
+  const std::string temp_path = path + ".tmp";
+  try {
+    std::filesystem::copy_file(path, temp_path, std::filesystem::copy_options::overwrite_existing);
+  } catch (const std::filesystem::filesystem_error& err) {
+    remove_file_quietly(temp_path);
+    throw fail(std::string("cannot copy to ") + temp_path + ": " + err.what());
+  }
+  try {
+    {
+      auto lock = lock_hdf5();
+      try {
+        H5::H5File file(temp_path, H5F_ACC_RDWR);
+        if (!has_dataset(file, kImagesDataset)) throw fail(std::string("dataset '") + kImagesDataset + "' is missing");
+        const std::vector<hsize_t> image_dims = dataset_shape(file.openDataSet(kImagesDataset));
+        if (image_dims.empty() || image_dims[0] != static_cast<hsize_t>(e.count)) {
+          throw fail("holds " + (image_dims.empty() ? std::string("no") : std::to_string(image_dims[0])) +
+                     " images, but " + std::to_string(e.count) + " text embeddings were given");
+        }
+        for (const char* name : {kTextStatesDataset, kTextMaskDataset, kTextPooledDataset, kTextNullStatesDataset,
+                                 kTextNullMaskDataset, kTextNullPooledDataset}) {
+          unlink_if_present(file, name);
+        }
+        for (const char* name : {kTextEncoderAttribute, kTextTokenizerAttribute}) {
+          if (file.attrExists(name)) file.removeAttr(name);
+        }
+        const auto rows = static_cast<hsize_t>(e.count), l = static_cast<hsize_t>(shape.tokens),
+                   d = static_cast<hsize_t>(shape.width);
+        const hsize_t chunk_rows = std::min<hsize_t>(rows, kChunkSamples);
+        const H5::FloatType half = float16_type();
+        const auto create = [&](const char* name, const H5::DataType& type, std::vector<hsize_t> dims) {
+          std::vector<hsize_t> chunk = dims;
+          chunk[0] = chunk_rows;
+          H5::DSetCreatPropList props;
+          props.setChunk(static_cast<int>(chunk.size()), chunk.data());
+          return file.createDataSet(name, type, H5::DataSpace(static_cast<int>(dims.size()), dims.data()), props);
+        };
+        // float16 is written with the file type as memory type: the bits go in unconverted.
+        create(kTextStatesDataset, half, {rows, l, d}).write(e.states.data(), half);  // (N, L, D)
+        create(kTextMaskDataset, H5::PredType::STD_U8LE, {rows, l}).write(e.mask.data(), H5::PredType::NATIVE_UINT8);
+        if (shape.pooled_width > 0) {
+          create(kTextPooledDataset, half, {rows, static_cast<hsize_t>(shape.pooled_width)})
+              .write(e.pooled.data(), half);  // (N, D')
+        }
+        if (shape.has_null) {
+          file.createDataSet(kTextNullStatesDataset, half, H5::DataSpace(3, std::vector<hsize_t>{1, l, d}.data()))
+              .write(e.null_states.data(), half);  // (1, L, D)
+          file.createDataSet(kTextNullMaskDataset, H5::PredType::STD_U8LE, H5::DataSpace(2, std::vector<hsize_t>{1, l}.data()))
+              .write(e.null_mask.data(), H5::PredType::NATIVE_UINT8);  // (1, L)
+          if (shape.pooled_width > 0) {
+            const std::vector<hsize_t> dims = {1, static_cast<hsize_t>(shape.pooled_width)};
+            file.createDataSet(kTextNullPooledDataset, half, H5::DataSpace(2, dims.data()))
+                .write(e.null_pooled.data(), half);  // (1, D')
+          }
+        }
+        write_string_attribute(file, kTextEncoderAttribute, e.encoder);
+        write_string_attribute(file, kTextTokenizerAttribute, e.tokenizer);
+      } catch (const H5::Exception& err) {
+        throw shard_error_from(temp_path, "writing the text embeddings failed", err);
+      }
+    }
+    fsync_path(temp_path, O_RDONLY);
+    std::filesystem::rename(temp_path, path);
+  } catch (const std::filesystem::filesystem_error& err) {
+    remove_file_quietly(temp_path);
+    throw fail(err.what());
+  } catch (...) {
+    remove_file_quietly(temp_path);
+    throw;
+  }
+  const std::filesystem::path parent = std::filesystem::path(path).parent_path();
+  fsync_path(parent.empty() ? "." : parent.string(), O_RDONLY | O_DIRECTORY);
 }
 
 }  // namespace difftrain::data

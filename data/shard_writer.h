@@ -59,4 +59,28 @@ class ShardWriter {
   bool closed_ = false;
 };
 
+// The text embeddings of every sample of one shard, as `difftrain encode-text`
+// adds them (docs/CONDITIONING.md).
+struct TextEmbeddings {
+  TextEmbeddingShape shape;       // L, D, D' (0: no pooled)
+  int64_t count = 0;              // N, must equal the shard's
+  std::vector<uint16_t> states;   // (N, L, D) float16 bits
+  std::vector<uint8_t> mask;      // (N, L) 1 = real token, 0 = padding
+  std::vector<uint16_t> pooled;   // (N, D') float16 bits, empty when D' = 0
+  // The null condition when shape.has_null: one row of each, same layouts.
+  std::vector<uint16_t> null_states;  // (1, L, D)
+  std::vector<uint8_t> null_mask;     // (1, L)
+  std::vector<uint16_t> null_pooled;  // (1, D')
+  std::string encoder;            // the `text_encoder` attribute
+  std::string tokenizer;          // the `text_tokenizer` attribute
+};
+
+// Rewrites the shard at `path` with these embeddings, atomically: the file is
+// copied to "<path>.tmp" (images, captions, labels and attributes stay
+// byte-identical), any text embeddings already there are replaced (their old
+// space is not reclaimed; h5repack does that), fsync, rename, fsync of the
+// directory. Throws ShardError naming the shard when the sizes disagree with
+// the shard's N or with each other, or on any I/O failure (leaving the shard as it was).
+void write_text_embeddings(const std::string& path, const TextEmbeddings& embeddings);
+
 }  // namespace difftrain::data

@@ -14,6 +14,7 @@
 #include "model/unet.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
+#include "trainer/model_options.h"
 
 namespace difftrain::eval {
 namespace {
@@ -28,7 +29,7 @@ LoadedCheckpoint load_ema(const std::string& path) {
   LoadedCheckpoint c;
   c.dir = resolve_checkpoint(path);
   c.config = parse_saved_config(read_checkpoint_config(c.dir), c.dir + "/config.yaml", nullptr, nullptr);
-  c.net = model::UNet(model::unet_options_from(c.config.model, c.config.data.image_size, c.config.data.channels));
+  c.net = model::UNet(unet_options_from(c.config.model, c.config.data.image_size, c.config.data.channels));
   load_ema_weights(c.dir, *c.net);
   c.net->eval();
   return c;

@@ -11,11 +11,13 @@ packages=(
   libspdlog-dev nlohmann-json3-dev libgd-dev
   libvips-dev                               # make-shards: JPEG/PNG/WebP decoding, EXIF rotation, resizing
   libssl-dev                                # SHA-256 checksums in checkpoint manifests (libcrypto)
+  libsentencepiece-dev                      # encode-text --tokenizer X.model (docs/CONDITIONING.md)
   curl iproute2 bc                          # iproute2, bc: launch/multihost_demo.sh
 )
 case ${1:-} in
   --tests) packages+=(python3-h5py python3-numpy python3-scipy python3-torch python3-torchvision python3-pil
-             prometheus prometheus-pushgateway) ;;   # real servers for the monitoring tests
+             prometheus prometheus-pushgateway      # real servers for the monitoring tests
+             sentencepiece) ;;                      # spm_train / spm_encode: encode-text's tokenizer tests
   --fashion-mnist) packages+=(dataset-fashion-mnist python3-pil) ;;   # launch/fashion_mnist_job.sh
 esac
 missing=()

@@ -7,26 +7,11 @@
 #include <algorithm>
 #include <cmath>
 
+#include "model/activation_checkpoint.h"
 #include "model/norm_fp32.h"
-#include "trainer/config.h"
 
 namespace difftrain::model {
 namespace F = torch::nn::functional;
-
-UNetOptions unet_options_from(const ModelConfig& c, int64_t image_size, int64_t image_channels) {
-  UNetOptions o;
-  o.image_size = image_size;
-  o.image_channels = image_channels;
-  o.base_channels = c.base_channels;
-  o.channel_mults = c.channel_mults;
-  o.num_res_blocks = c.num_res_blocks;
-  o.attention_resolutions = c.attention_resolutions;
-  o.attention_heads = c.attention_heads;
-  o.norm_groups = c.norm_groups;
-  o.dropout = c.dropout;
-  o.text = {c.max_tokens, c.text_width, c.text_layers, c.text_heads};
-  return o;
-}
 
 torch::Tensor timestep_embedding(const torch::Tensor& t, int64_t dim) {
   const int64_t half = dim / 2;
@@ -163,13 +148,29 @@ torch::Tensor UNetImpl::forward(const torch::Tensor& x_t, const torch::Tensor& t
   auto embedding = time_fc2(torch::silu(time_fc1(timestep_embedding(t, options.base_channels))));
   embedding = embedding + text_to_embedding(text.pooled);  // (B, E)
 
+  // Checkpointing drops each block's activations in the forward and recomputes
+  // them in backward: only while training, when there is a backward to come.
+  const bool recompute = options.checkpoint_activations && is_training() && torch::GradMode::is_enabled();
+  auto run_block = [&](const std::shared_ptr<torch::nn::Module>& m, const torch::Tensor& x) {
+    auto block = std::dynamic_pointer_cast<UNetBlockImpl>(m);
+    if (!recompute) return block->forward(x, embedding, text);
+    // The caption tokens and the embedding are inputs so the text encoder and
+    // the time MLP get their gradients; the padding mask needs none.
+    const torch::Tensor valid = text.valid;
+    return checkpoint(
+        [block, valid](const std::vector<torch::Tensor>& in) {
+          return block->forward(in[0], in[1], EncodedText{in[2], valid, torch::Tensor()});
+        },
+        {x, embedding, text.tokens});
+  };
+
   auto h = conv_in(x_t);
   std::vector<torch::Tensor> skips{h};
   const int64_t levels = static_cast<int64_t>(options.channel_mults.size());
   size_t down = 0;
   for (int64_t level = 0; level < levels; ++level) {
     for (int64_t i = 0; i < options.num_res_blocks; ++i) {
-      h = down_blocks[down++]->as<UNetBlock>()->forward(h, embedding, text);
+      h = run_block(down_blocks->ptr(down++), h);
       skips.push_back(h);
     }
     if (level + 1 < levels) {
@@ -177,11 +178,11 @@ torch::Tensor UNetImpl::forward(const torch::Tensor& x_t, const torch::Tensor& t
       skips.push_back(h);
     }
   }
-  for (const auto& m : *middle_blocks) h = m->as<UNetBlock>()->forward(h, embedding, text);
+  for (const auto& m : *middle_blocks) h = run_block(m, h);
   size_t up = 0;
   for (int64_t level = levels - 1; level >= 0; --level) {
     for (int64_t i = 0; i <= options.num_res_blocks; ++i) {
-      h = up_blocks[up++]->as<UNetBlock>()->forward(torch::cat({h, skips.back()}, 1), embedding, text);
+      h = run_block(up_blocks->ptr(up++), torch::cat({h, skips.back()}, 1));
       skips.pop_back();
     }
     if (level > 0) {

@@ -15,10 +15,6 @@
 #include "model/attention.h"
 #include "model/text_encoder.h"
 
-namespace difftrain {
-struct ModelConfig;
-}
-
 namespace difftrain::model {
 
 struct UNetOptions {
@@ -31,9 +27,11 @@ struct UNetOptions {
   int64_t attention_heads = 4;
   int64_t norm_groups = 8;
   double dropout = 0.0;
+  // Recompute each block's activations in backward instead of keeping them
+  // (model/activation_checkpoint.h); only while training with grad mode on.
+  bool checkpoint_activations = false;
   TextEncoderOptions text;
 };
-UNetOptions unet_options_from(const ModelConfig& config, int64_t image_size, int64_t image_channels);
 
 // Transformer-style sinusoidal embedding of the timestep (Vaswani et al. 2017, sec. 3.5).
 // t: (B) -> (B, dim)

@@ -11,6 +11,7 @@ Run with Debian's /usr/bin/python3 (python3-h5py):
 """
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -86,6 +87,63 @@ def check_h5py_shard_in_cpp(tool, directory):
     assert got_images == [image.tobytes() for image in images]
 
 
+def add_text_embeddings(path, states, mask, pooled, encoder, tokenizer,
+                        null_states=None, null_mask=None, null_pooled=None):
+    """The recipe of docs/SHARD_FORMAT.md ("Text embeddings from Python"), verbatim."""
+    # states (N, L, D), mask (N, L) 1 = real token, pooled (N, D'); null_*: the empty caption's, (1, ...)
+    shutil.copyfile(path, path + ".tmp")               # keep the shard valid until the rename
+    with h5py.File(path + ".tmp", "a") as f:
+        n = len(states)
+        assert n == len(f["images"]) and mask.shape == states.shape[:2] and len(pooled) == n
+        f.create_dataset("text_states", data=states.astype(np.float16), chunks=(min(n, 64),) + states.shape[1:])
+        f.create_dataset("text_mask", data=mask.astype(np.uint8), chunks=(min(n, 64), mask.shape[1]))
+        f.create_dataset("text_pooled", data=pooled.astype(np.float16), chunks=(min(n, 64), pooled.shape[1]))
+        if null_states is not None:
+            f.create_dataset("text_null_states", data=null_states.astype(np.float16))
+            f.create_dataset("text_null_mask", data=null_mask.astype(np.uint8))
+            f.create_dataset("text_null_pooled", data=null_pooled.astype(np.float16))
+        f.attrs["text_encoder"] = encoder        # e.g. "openai/clip-vit-large-patch14"
+        f.attrs["text_tokenizer"] = tokenizer    # e.g. "clip-bpe"
+    os.replace(path + ".tmp", path)
+
+
+def check_h5py_text_embeddings_in_cpp(tool, directory):
+    rng = np.random.default_rng(1)
+    n, l, d, d_pooled = 10, 7, 6, 5
+    images = rng.integers(0, 256, size=(n, 4, 9, 3), dtype=np.uint8)
+    path = os.path.join(directory, "text-from-h5py.h5")
+    write_h5py_shard(path, images, [f"caption {i}" for i in range(n)], h5py.string_dtype())
+    states = rng.normal(size=(n, l, d)).astype(np.float32)
+    mask = (np.arange(l)[None, :] <= np.arange(n)[:, None] % l).astype(np.uint8)
+    pooled = rng.normal(size=(n, d_pooled)).astype(np.float32)
+    add_text_embeddings(path, states, mask, pooled, "clip-vit-large-patch14", "clip-bpe",
+                        states[:1] * 0.5, mask[:1], pooled[:1] * 0.5)
+    out = subprocess.run([tool, "read-text", path, "4", "9"], check=True, capture_output=True).stdout.decode()
+    lines = out.splitlines()
+    assert lines[0] == f"{l} {d} {d_pooled} null", lines[0]
+    _, s, m, p = lines[1].split("\t")
+    assert bytes.fromhex(s) == (states[0] * 0.5).astype("<f2").tobytes()
+    assert bytes.fromhex(m) == mask[0].tobytes() and bytes.fromhex(p) == (pooled[0] * 0.5).astype("<f2").tobytes()
+    lines = lines[:1] + lines[2:]
+    for i, line in enumerate(lines[1:]):
+        _, s, m, p = line.split("\t")
+        assert bytes.fromhex(s) == states[i].astype("<f2").tobytes(), i
+        assert bytes.fromhex(m) == mask[i].tobytes(), i
+        assert bytes.fromhex(p) == pooled[i].astype("<f2").tobytes(), i
+    assert len(lines) == n + 1
+
+    # float32 states, as one might forget to convert them, are refused by name.
+    bad = os.path.join(directory, "text-float32.h5")
+    write_h5py_shard(bad, images, [f"caption {i}" for i in range(n)], h5py.string_dtype())
+    with h5py.File(bad, "a") as f:
+        f.create_dataset("text_states", data=states)
+        f.create_dataset("text_mask", data=mask)
+        f.attrs["text_encoder"], f.attrs["text_tokenizer"] = "x", "y"
+    result = subprocess.run([tool, "read-text", bad, "4", "9"], capture_output=True)
+    message = result.stderr.decode()
+    assert result.returncode == 2 and "dataset 'text_states' has dtype float32, expected float16" in message, message
+
+
 def check_bad_h5py_shard_refused(tool, directory):
     path = os.path.join(directory, "float.h5")
     images = np.zeros((2, 4, 4, 3), dtype=np.float32)
@@ -102,6 +160,7 @@ def main():
         check_cpp_shard_in_h5py(tool, directory)
         check_h5py_shard_in_cpp(tool, directory)
         check_bad_h5py_shard_refused(tool, directory)
+        check_h5py_text_embeddings_in_cpp(tool, directory)
     print("shard format v1: C++ and h5py agree")
 
 

@@ -1,5 +1,5 @@
 # End-to-end tests of the difftrain binary (Python driver; Debian's python3-h5py).
-foreach(case BadInput TwoRanks DataParallel FailureHandling Precision Export Evaluation Preemption Resume)
+foreach(case BadInput TwoRanks DataParallel FailureHandling Precision ActivationCheckpointing Export Evaluation Preemption Resume)
   add_test(NAME cli.${case}
     COMMAND ${DIFFTRAIN_PYTHON} ${CMAKE_CURRENT_LIST_DIR}/cli_tests.py $<TARGET_FILE:difftrain> ${case})
   set_tests_properties(cli.${case} PROPERTIES TIMEOUT 600)

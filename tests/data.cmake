@@ -5,6 +5,7 @@ add_executable(test_data
   ${CMAKE_CURRENT_LIST_DIR}/test_loader.cpp     # rank shares, epochs, resume, reader errors
   ${CMAKE_CURRENT_LIST_DIR}/test_synthetic.cpp  # rendered shapes and synthetic shards
   ${CMAKE_CURRENT_LIST_DIR}/test_captions.cpp   # captions of a shard set, seeded order, lengths
+  ${CMAKE_CURRENT_LIST_DIR}/test_text_embeddings.cpp  # text embeddings: write, validate, read, loader rows
 )
 # The tests write malformed shards with the HDF5 C++ API directly.
 target_include_directories(test_data PRIVATE ${HDF5_INCLUDE_DIRS})

@@ -107,6 +107,7 @@ class Configs(Fuzz):
     KEYS = ["run.seed", "data.synthetic_count", "data.image_size", "data.channels", "data.prefetch_batches",
             "data.random_flip", "model.base_channels", "model.channel_mults", "model.num_res_blocks",
             "model.attention_resolutions", "model.attention_heads", "model.norm_groups", "model.dropout",
+            "model.checkpoint_activations",
             "model.text_width", "model.text_layers", "model.text_heads", "model.max_tokens", "diffusion.timesteps",
             "diffusion.schedule", "diffusion.prediction", "train.batch_size", "train.grad_accum_steps",
             "train.max_steps", "train.lr", "train.warmup_steps", "train.min_lr_ratio", "train.weight_decay",

@@ -353,6 +353,8 @@ TEST(ConfigDiff, ClassifiesChangesAsGeometryOrRecorded) {
   ASSERT_EQ(by_key.size(), 9u);
   for (const std::string key : {"train.lr", "train.max_steps", "train.batch_size", "data.random_flip", "model.dropout"})
     EXPECT_FALSE(by_key.at(key).geometry) << key;
+  // Recomputing activations changes memory use, not the network.
+  EXPECT_FALSE(difftrain::is_geometry_key("model.checkpoint_activations"));
   for (const std::string key : {"data.image_size", "model.attention_resolutions", "diffusion.prediction", "run.seed"})
     EXPECT_TRUE(by_key.at(key).geometry) << key;
   EXPECT_EQ(by_key.at("data.image_size").checkpoint_value, "32");

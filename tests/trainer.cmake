@@ -4,6 +4,7 @@ set(DIFFTRAIN_MPIRUN ${MPIEXEC_EXECUTABLE} --allow-run-as-root --oversubscribe)
 add_executable(test_core
   ${CMAKE_CURRENT_LIST_DIR}/test_config.cpp
   ${CMAKE_CURRENT_LIST_DIR}/test_model.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/test_activation_checkpoint.cpp
   ${CMAKE_CURRENT_LIST_DIR}/test_diffusion.cpp)
 difftrain_use_torch_pch(test_core)
 target_link_libraries(test_core PRIVATE difftrain_trainer GTest::gtest_main)

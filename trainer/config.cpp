@@ -39,6 +39,7 @@ void visit_config_fields(Config& c, Visitor&& v) {
   v("model.attention_heads", c.model.attention_heads);
   v("model.norm_groups", c.model.norm_groups);
   v("model.dropout", c.model.dropout);
+  v("model.checkpoint_activations", c.model.checkpoint_activations);
   v("model.text_width", c.model.text_width);
   v("model.text_layers", c.model.text_layers);
   v("model.text_heads", c.model.text_heads);

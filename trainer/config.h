@@ -43,6 +43,7 @@ struct ModelConfig {
   int64_t attention_heads = 4;
   int64_t norm_groups = 8;
   double dropout = 0.0;
+  bool checkpoint_activations = false;  // recompute block activations in backward: memory, not the model
   int64_t text_width = 64;
   int64_t text_layers = 2;
   int64_t text_heads = 4;

@@ -17,10 +17,11 @@ bool is_geometry_key(const std::string& key) {
   // run.seed: the data order and every sample's draws follow from it, so the data
   // position would count in another permutation. data.synthetic_count: the built-in
   // dataset's size. model.dropout is regularisation: it adds no weight and changes none.
+  // model.checkpoint_activations trades compute for memory; the network is the same.
   static const std::set<std::string> keys{"run.seed", "data.dir", "data.synthetic_count", "data.image_size",
                                           "data.channels"};
   if (keys.count(key)) return true;
-  if (key == "model.dropout") return false;
+  if (key == "model.dropout" || key == "model.checkpoint_activations") return false;
   return key.rfind("model.", 0) == 0 || key.rfind("diffusion.", 0) == 0;
 }
 

@@ -32,6 +32,7 @@
 #include "distributed/gradient_reducer.h"
 #include "trainer/loss_scaler.h"
 #include "trainer/lr_schedule.h"
+#include "trainer/model_options.h"
 #include "distributed/mpi_session.h"
 #include "trainer/precision.h"
 #include "trainer/nonfinite_guard.h"
@@ -184,7 +185,7 @@ void train(const Config& config, MpiSession& session, const TrainingHooks& hooks
   loader_options.prefetch_batches = static_cast<int>(config.data.prefetch_batches);
 
   torch::manual_seed(config.run.seed);
-  const auto unet_options = model::unet_options_from(config.model, config.data.image_size, config.data.channels);
+  const auto unet_options = unet_options_from(config.model, config.data.image_size, config.data.channels);
   model::UNet net(unet_options), ema_net(unet_options);
   net->to(device);
   ema_net->to(device);
@@ -225,6 +226,8 @@ void train(const Config& config, MpiSession& session, const TrainingHooks& hooks
                  "all-reduced during backward; {} micro-batch(es) per step",
                  reducer.bucket_count(), parameter_count, static_cast<double>(parameter_count) * 4e-6,
                  config.distributed.first_bucket_mb, config.distributed.bucket_mb, config.train.grad_accum_steps);
+    if (config.model.checkpoint_activations)
+      spdlog::info("activation checkpointing: every UNet block recomputes its activations in backward");
   }
 
   // Samples all ranks consume per loader batch; an optimizer step takes grad_accum_steps of them.
