@@ -29,6 +29,13 @@ LoadedCheckpoint load_ema(const std::string& path) {
   LoadedCheckpoint c;
   c.dir = resolve_checkpoint(path);
   c.config = parse_saved_config(read_checkpoint_config(c.dir), c.dir + "/config.yaml", nullptr, nullptr);
+  // The denoiser interface (sampling, export, evaluation) feeds caption tokens to the
+  // built-in text encoder; a model on precomputed embeddings would need the frozen encoder.
+  if (c.config.model.conditioning != "builtin")
+    throw std::runtime_error("checkpoint " + c.dir + " was trained with model.conditioning=" +
+                             c.config.model.conditioning +
+                             " (precomputed text embeddings): sampling, export and evaluation of such models "
+                             "are not supported yet (docs/CONDITIONING.md)");
   c.net = model::UNet(unet_options_from(c.config.model, c.config.data.image_size, c.config.data.channels));
   load_ema_weights(c.dir, *c.net);
   c.net->eval();

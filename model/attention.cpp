@@ -1,6 +1,7 @@
 #include "model/attention.h"
 
 #include <cmath>
+#include <limits>
 
 namespace difftrain::model {
 
@@ -8,13 +9,19 @@ torch::Tensor scaled_dot_product_attention(const torch::Tensor& q, const torch::
                                            const torch::Tensor& key_valid) {
   const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
   auto scores = torch::matmul(q, k.transpose(-1, -2)) * scale;  // (B, heads, Nq, Nk)
+  torch::Tensor has_key;  // (B, 1, 1, 1): the row has at least one key to attend to
   if (key_valid.defined()) {
-    // Masked keys get a large negative score rather than -inf, so a fully
-    // masked row cannot turn into NaN (the encoder never produces one anyway).
-    auto invalid = key_valid.logical_not().unsqueeze(1).unsqueeze(1);  // (B, 1, 1, Nk)
-    scores = scores.masked_fill(invalid, -1e4);
+    // Masked keys get -inf, so they get exactly zero weight. A row whose keys are
+    // all masked attends to nothing: its output is zero. Its scores are left
+    // unmasked for the softmax (so neither the output nor the gradient is NaN)
+    // and its weights are then multiplied by 0; rows with a key are multiplied by 1.
+    auto valid = key_valid.to(torch::kBool).unsqueeze(1).unsqueeze(1);  // (B, 1, 1, Nk)
+    has_key = valid.any(-1, /*keepdim=*/true);
+    scores = scores.masked_fill(valid.logical_not().logical_and(has_key), -std::numeric_limits<double>::infinity());
   }
-  auto weights = torch::softmax(scores.to(torch::kFloat32), -1).to(v.scalar_type());
+  auto weights = torch::softmax(scores.to(torch::kFloat32), -1);
+  if (has_key.defined()) weights = weights * has_key.to(torch::kFloat32);
+  weights = weights.to(v.scalar_type());
   return torch::matmul(weights, v);  // (B, heads, Nq, d)
 }
 

@@ -12,6 +12,8 @@ namespace difftrain::model {
 
 // softmax(q k^T / sqrt(d)) v  (Vaswani et al. 2017, eq. 1).
 // q: (B, heads, Nq, d), k/v: (B, heads, Nk, d), key_valid: (B, Nk) bool or undefined.
+// Keys with key_valid false get zero weight (-inf score); a batch row with no valid
+// key attends to nothing and yields zeros (finite values and gradients, never NaN).
 torch::Tensor scaled_dot_product_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                            const torch::Tensor& key_valid);
 

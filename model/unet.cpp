@@ -62,11 +62,12 @@ SpatialAttentionImpl::SpatialAttentionImpl(int64_t channels, int64_t heads, int6
   zero_init(cross_attention->to_out);
 }
 
-torch::Tensor SpatialAttentionImpl::forward(const torch::Tensor& x, const EncodedText& text) {
+torch::Tensor SpatialAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& context,
+                                            const torch::Tensor& mask) {
   auto h = norm_fp32(norm, x).flatten(2).transpose(1, 2);  // (B, HW, C)
   auto s = norm_fp32(norm_self, h);
   h = h + self_attention(s, s, torch::Tensor());
-  h = h + cross_attention(norm_fp32(norm_cross, h), text.tokens, text.valid);
+  h = h + cross_attention(norm_fp32(norm_cross, h), context, mask);
   return x + h.transpose(1, 2).reshape_as(x);
 }
 
@@ -75,18 +76,26 @@ UNetBlockImpl::UNetBlockImpl(ResBlock r, SpatialAttention a) {
   if (a) attention = register_module("attention", a);
 }
 
-torch::Tensor UNetBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& embedding, const EncodedText& text) {
+torch::Tensor UNetBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& embedding,
+                                     const torch::Tensor& context, const torch::Tensor& mask) {
   auto h = res(x, embedding);
-  return attention ? attention(h, text) : h;
+  return attention ? attention(h, context, mask) : h;
 }
 
 UNetImpl::UNetImpl(UNetOptions o) : options(o) {
   const int64_t C = o.base_channels, E = 4 * o.base_channels, G = o.norm_groups;
-  const int64_t text_dim = o.text.width;
-  text_encoder = register_module("text_encoder", TextEncoder(o.text));
+  const bool builtin = o.conditioning == ConditioningSource::kBuiltin;
+  TORCH_CHECK(builtin || o.context_dim >= 1, "UNet with precomputed conditioning needs context_dim >= 1");
+  TORCH_CHECK(builtin || o.pooled_dim >= 0, "UNet pooled_dim must be >= 0");
+  // Width of the cross-attention keys/values and of the pooled vector.
+  const int64_t text_dim = builtin ? o.text.width : o.context_dim;
+  const int64_t pooled_dim = builtin ? o.text.width : o.pooled_dim;
+  // Registration order is that of the builtin model before conditioning sources existed,
+  // so its parameter order (optimizer state, checkpoints) is unchanged.
+  if (builtin) text_encoder = register_module("text_encoder", TextEncoder(o.text));
   time_fc1 = register_module("time_fc1", torch::nn::Linear(C, E));
   time_fc2 = register_module("time_fc2", torch::nn::Linear(E, E));
-  text_to_embedding = register_module("text_to_embedding", torch::nn::Linear(text_dim, E));
+  if (pooled_dim > 0) text_to_embedding = register_module("text_to_embedding", torch::nn::Linear(pooled_dim, E));
   conv_in = register_module("conv_in", conv3x3(o.image_channels, C));
   down_blocks = register_module("down_blocks", torch::nn::ModuleList());
   downsamplers = register_module("downsamplers", torch::nn::ModuleList());
@@ -141,27 +150,43 @@ UNetImpl::UNetImpl(UNetOptions o) : options(o) {
   conv_out = register_module("conv_out", zero_init(conv3x3(channels, o.image_channels)));
 }
 
+Conditioning UNetImpl::encode_tokens(const torch::Tensor& tokens) {
+  TORCH_CHECK(text_encoder, "this UNet has precomputed conditioning (model.conditioning=precomputed): it takes "
+                            "context vectors, not caption tokens");
+  const EncodedText text = text_encoder(tokens);
+  return {text.tokens, text.valid, text.pooled};
+}
+
 torch::Tensor UNetImpl::forward(const torch::Tensor& x_t, const torch::Tensor& t, const torch::Tensor& tokens) {
+  return forward(x_t, t, encode_tokens(tokens));
+}
+
+torch::Tensor UNetImpl::forward(const torch::Tensor& x_t, const torch::Tensor& t, const Conditioning& condition) {
   TORCH_CHECK(x_t.dim() == 4 && x_t.size(1) == options.image_channels, "UNet expects x_t (B, ",
               options.image_channels, ", H, W), got ", x_t.sizes());
-  const EncodedText text = text_encoder(tokens);
+  const int64_t context_dim =
+      options.conditioning == ConditioningSource::kBuiltin ? options.text.width : options.context_dim;
+  TORCH_CHECK(condition.context.dim() == 3 && condition.context.size(2) == context_dim,
+              "UNet expects context (B, L, ", context_dim, "), got ", condition.context.sizes());
+  TORCH_CHECK(condition.mask.defined() && condition.mask.dim() == 2, "UNet expects a (B, L) context mask");
+  TORCH_CHECK(condition.pooled.defined() == static_cast<bool>(text_to_embedding),
+              text_to_embedding ? "this UNet needs a pooled vector (B, D')" : "this UNet has no pooled input (pooled_dim 0)");
   auto embedding = time_fc2(torch::silu(time_fc1(timestep_embedding(t, options.base_channels))));
-  embedding = embedding + text_to_embedding(text.pooled);  // (B, E)
+  if (text_to_embedding) embedding = embedding + text_to_embedding(condition.pooled);  // (B, E)
+  const torch::Tensor& context = condition.context;
+  const torch::Tensor& mask = condition.mask;
 
   // Checkpointing drops each block's activations in the forward and recomputes
   // them in backward: only while training, when there is a backward to come.
   const bool recompute = options.checkpoint_activations && is_training() && torch::GradMode::is_enabled();
   auto run_block = [&](const std::shared_ptr<torch::nn::Module>& m, const torch::Tensor& x) {
     auto block = std::dynamic_pointer_cast<UNetBlockImpl>(m);
-    if (!recompute) return block->forward(x, embedding, text);
-    // The caption tokens and the embedding are inputs so the text encoder and
+    if (!recompute) return block->forward(x, embedding, context, mask);
+    // The context and the embedding are inputs so the text encoder and
     // the time MLP get their gradients; the padding mask needs none.
-    const torch::Tensor valid = text.valid;
     return checkpoint(
-        [block, valid](const std::vector<torch::Tensor>& in) {
-          return block->forward(in[0], in[1], EncodedText{in[2], valid, torch::Tensor()});
-        },
-        {x, embedding, text.tokens});
+        [block, mask](const std::vector<torch::Tensor>& in) { return block->forward(in[0], in[1], in[2], mask); },
+        {x, embedding, context});
   };
 
   auto h = conv_in(x_t);

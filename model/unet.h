@@ -17,6 +17,19 @@
 
 namespace difftrain::model {
 
+// Where the UNet's text conditioning comes from: its own text encoder, trained
+// jointly on caption tokens, or context vectors computed beforehand by a frozen
+// encoder (`difftrain encode-text`, docs/CONDITIONING.md).
+enum class ConditioningSource { kBuiltin, kPrecomputed };
+
+// What the UNet is conditioned on: cross-attention keys/values and a pooled
+// vector added (projected) to the timestep embedding, as in SDXL.
+struct Conditioning {
+  torch::Tensor context;  // (B, L, D) float
+  torch::Tensor mask;     // (B, L) bool, true = attend; a row with none attends to nothing
+  torch::Tensor pooled;   // (B, D') float, or undefined when the model has no pooled input
+};
+
 struct UNetOptions {
   int64_t image_channels = 3;
   int64_t image_size = 32;
@@ -30,7 +43,10 @@ struct UNetOptions {
   // Recompute each block's activations in backward instead of keeping them
   // (model/activation_checkpoint.h); only while training with grad mode on.
   bool checkpoint_activations = false;
-  TextEncoderOptions text;
+  TextEncoderOptions text;  // kBuiltin only
+  ConditioningSource conditioning = ConditioningSource::kBuiltin;
+  int64_t context_dim = 0;  // kPrecomputed: D of the context vectors
+  int64_t pooled_dim = 0;   // kPrecomputed: D' of the pooled vector, 0 = none
 };
 
 // Transformer-style sinusoidal embedding of the timestep (Vaswani et al. 2017, sec. 3.5).
@@ -50,7 +66,8 @@ TORCH_MODULE(ResBlock);
 // Self-attention over the H*W positions, then cross-attention to the caption.
 struct SpatialAttentionImpl : torch::nn::Module {
   SpatialAttentionImpl(int64_t channels, int64_t heads, int64_t context_dim, int64_t groups);
-  torch::Tensor forward(const torch::Tensor& x, const EncodedText& text);  // x: (B, C, H, W)
+  // x: (B, C, H, W), context: (B, L, D), mask: (B, L) bool
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& context, const torch::Tensor& mask);
   torch::nn::GroupNorm norm{nullptr};
   torch::nn::LayerNorm norm_self{nullptr}, norm_cross{nullptr};
   MultiHeadAttention self_attention{nullptr}, cross_attention{nullptr};
@@ -60,7 +77,8 @@ TORCH_MODULE(SpatialAttention);
 // One resolution step: a residual block, optionally followed by attention.
 struct UNetBlockImpl : torch::nn::Module {
   UNetBlockImpl(ResBlock res, SpatialAttention attention);
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& embedding, const EncodedText& text);
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& embedding, const torch::Tensor& context,
+                        const torch::Tensor& mask);
   ResBlock res{nullptr};
   SpatialAttention attention{nullptr};  // null when this resolution has none
 };
@@ -70,10 +88,17 @@ struct UNetImpl : torch::nn::Module {
   explicit UNetImpl(UNetOptions options);
   // x_t: (B, C, H, W); t: (B) int64 in [0, T); tokens: (B, L) int64 (all padding = null condition).
   // Returns the network output (B, C, H, W): eps or v depending on the objective it was trained with.
+  // Builtin conditioning only: the built-in text encoder's output is the Conditioning.
   torch::Tensor forward(const torch::Tensor& x_t, const torch::Tensor& t, const torch::Tensor& tokens);
+  // Any conditioning; for kPrecomputed, context is (B, L, context_dim) and pooled (B, pooled_dim)
+  // when pooled_dim > 0 (else it must be undefined).
+  torch::Tensor forward(const torch::Tensor& x_t, const torch::Tensor& t, const Conditioning& condition);
+  // The built-in text encoder's Conditioning of (B, L) int64 tokens (kBuiltin only).
+  Conditioning encode_tokens(const torch::Tensor& tokens);
 
   UNetOptions options;
-  TextEncoder text_encoder{nullptr};
+  TextEncoder text_encoder{nullptr};  // null with kPrecomputed
+  // text_to_embedding projects the pooled vector; null with kPrecomputed and pooled_dim 0.
   torch::nn::Linear time_fc1{nullptr}, time_fc2{nullptr}, text_to_embedding{nullptr};
   torch::nn::Conv2d conv_in{nullptr}, conv_out{nullptr};
   torch::nn::GroupNorm norm_out{nullptr};

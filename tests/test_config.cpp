@@ -444,3 +444,26 @@ TEST(ConfigDiff, ResumeCheckRejectsGeometryAndRecordsTheRest) {
   while (std::getline(again, line)) ++lines;
   EXPECT_EQ(lines, 1);
 }
+
+// The conditioning keys decide the UNet's inputs and weights: a change is a geometry change on resume.
+TEST(ConfigDiff, ConditioningKeysAreGeometry) {
+  difftrain::Config saved;
+  saved.model.conditioning = "precomputed";
+  saved.model.context_dim = 16;
+  saved.model.pooled_dim = 8;
+  difftrain::Config run = saved;
+  run.model.context_dim = 32;
+  run.model.pooled_dim = 0;
+  const auto changes = difftrain::diff_saved_config(difftrain::config_to_yaml(saved), "ckpt/config.yaml", run);
+  ASSERT_EQ(changes.size(), 2u);
+  for (const auto& c : changes) {
+    EXPECT_TRUE(c.key == "model.context_dim" || c.key == "model.pooled_dim") << c.key;
+    EXPECT_TRUE(c.geometry) << c.key;
+  }
+  run = saved;
+  run.model.conditioning = "builtin";
+  const auto back = difftrain::diff_saved_config(difftrain::config_to_yaml(saved), "ckpt/config.yaml", run);
+  ASSERT_EQ(back.size(), 1u);
+  EXPECT_EQ(back[0].key, "model.conditioning");
+  EXPECT_TRUE(back[0].geometry);
+}

@@ -38,4 +38,35 @@ torch::Tensor tokenize_batch(const std::vector<std::string>& captions, int64_t m
   return torch::tensor(ids, torch::kInt64).view({static_cast<int64_t>(captions.size()), max_tokens});
 }
 
+torch::Tensor half_bits_to_float(const std::vector<uint16_t>& bits, const std::vector<int64_t>& shape) {
+  int64_t count = 1;
+  for (int64_t d : shape) count *= d;
+  TORCH_CHECK(static_cast<int64_t>(bits.size()) == count, "float16 buffer has ", bits.size(), " values, expected ",
+              count);
+  return torch::from_blob(const_cast<uint16_t*>(bits.data()), shape, torch::kHalf).to(torch::kFloat32);
+}
+
+namespace {
+torch::Tensor mask_tensor(const std::vector<uint8_t>& mask, int64_t B, int64_t L) {
+  TORCH_CHECK(static_cast<int64_t>(mask.size()) == B * L, "text mask has ", mask.size(), " values, expected ", B * L);
+  return torch::from_blob(const_cast<uint8_t*>(mask.data()), {B, L}, torch::kUInt8).to(torch::kBool);
+}
+}  // namespace
+
+model::Conditioning precomputed_conditioning(const TextEmbeddingBits& batch, int64_t B,
+                                             const data::TextEmbeddingShape& shape, const TextEmbeddingBits& null,
+                                             const torch::Tensor& drop) {
+  const int64_t L = shape.tokens, D = shape.width, P = shape.pooled_width;
+  TORCH_CHECK(drop.dim() == 1 && drop.size(0) == B, "condition dropout draws: expected (", B, "), got ", drop.sizes());
+  const auto dropped = drop.to(torch::kBool);
+  model::Conditioning c;
+  c.context = torch::where(dropped.view({B, 1, 1}), half_bits_to_float(null.states, {1, L, D}),
+                           half_bits_to_float(batch.states, {B, L, D}));
+  c.mask = torch::where(dropped.view({B, 1}), mask_tensor(null.mask, 1, L), mask_tensor(batch.mask, B, L));
+  if (P > 0)
+    c.pooled = torch::where(dropped.view({B, 1}), half_bits_to_float(null.pooled, {1, P}),
+                            half_bits_to_float(batch.pooled, {B, P}));
+  return c;
+}
+
 }  // namespace difftrain

@@ -44,6 +44,9 @@ void visit_config_fields(Config& c, Visitor&& v) {
   v("model.text_layers", c.model.text_layers);
   v("model.text_heads", c.model.text_heads);
   v("model.max_tokens", c.model.max_tokens);
+  v("model.conditioning", c.model.conditioning);
+  v("model.context_dim", c.model.context_dim);
+  v("model.pooled_dim", c.model.pooled_dim);
   v("diffusion.timesteps", c.diffusion.timesteps);
   v("diffusion.schedule", c.diffusion.schedule);
   v("diffusion.prediction", c.diffusion.prediction);
@@ -356,6 +359,7 @@ constexpr int64_t kMaxChannelMult = 64;
 constexpr int64_t kMaxLevelChannels = 8192;  // base_channels * mult of any level
 constexpr int64_t kMaxResBlocks = 16;
 constexpr int64_t kMaxTextWidth = 4096;
+constexpr int64_t kMaxContextDim = 16384;
 constexpr int64_t kMaxTextLayers = 48;
 constexpr int64_t kMaxTokens = 1024;
 constexpr int64_t kMaxTimesteps = 100000;
@@ -448,6 +452,17 @@ void validate_model(const Config& c) {
           m.text_width, "in [1, 4096] and a multiple of model.text_heads = " + std::to_string(m.text_heads));
   require(m.text_layers >= 0 && m.text_layers <= kMaxTextLayers, "model.text_layers", m.text_layers, "in [0, 48]");
   require(m.max_tokens >= 1 && m.max_tokens <= kMaxTokens, "model.max_tokens", m.max_tokens, "in [1, 1024]");
+  require(m.conditioning == "builtin" || m.conditioning == "precomputed", "model.conditioning", m.conditioning,
+          "builtin or precomputed");
+  if (m.conditioning == "precomputed") {
+    require(m.context_dim >= 1 && m.context_dim <= kMaxContextDim, "model.context_dim", m.context_dim,
+            "in [1, 16384] with model.conditioning=precomputed: D of the shards' text_states (difftrain encode-text)");
+    require(m.pooled_dim >= 0 && m.pooled_dim <= kMaxContextDim, "model.pooled_dim", m.pooled_dim,
+            "in [0, 16384]: D' of the shards' text_pooled, 0 when they have none");
+  } else {
+    require(m.context_dim == 0, "model.context_dim", m.context_dim, "0 (unset) with model.conditioning=builtin");
+    require(m.pooled_dim == 0, "model.pooled_dim", m.pooled_dim, "0 (unset) with model.conditioning=builtin");
+  }
 }
 
 // `images` per forward: one full-resolution feature map (images x base_channels

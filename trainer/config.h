@@ -48,6 +48,12 @@ struct ModelConfig {
   int64_t text_layers = 2;
   int64_t text_heads = 4;
   int64_t max_tokens = 32;  // caption bytes kept; longer captions are truncated
+  // builtin: the text encoder above, trained with the UNet on caption tokens.
+  // precomputed: the shards' text_states/text_mask[/text_pooled] (difftrain encode-text) of
+  // shape (max_tokens, context_dim[, pooled_dim]); the text_* keys above are then unused.
+  std::string conditioning = "builtin";
+  int64_t context_dim = 0;  // precomputed: D of text_states
+  int64_t pooled_dim = 0;   // precomputed: D' of text_pooled, 0 = the shards have none
 };
 
 struct DiffusionConfig {

@@ -15,6 +15,11 @@ model::UNetOptions unet_options_from(const ModelConfig& c, int64_t image_size, i
   o.dropout = c.dropout;
   o.checkpoint_activations = c.checkpoint_activations;
   o.text = {c.max_tokens, c.text_width, c.text_layers, c.text_heads};
+  if (c.conditioning == "precomputed") {
+    o.conditioning = model::ConditioningSource::kPrecomputed;
+    o.context_dim = c.context_dim;
+    o.pooled_dim = c.pooled_dim;
+  }
   return o;
 }
 

@@ -90,6 +90,34 @@ void prepare_data(const Config& c, Communicator& comm) {
   comm.barrier("data: rank 0 writes the built-in dataset");
 }
 
+// model.conditioning=precomputed: the shards' embeddings must have the configured shape and
+// carry the null condition, which is returned (one sample, float16 bits).
+TextEmbeddingBits check_text_embeddings(const Config& c) {
+  const auto shards = data::open_shard_directory(c.data.dir, geometry_of(c));
+  const auto shape = data::text_embedding_shape(shards);
+  const std::string where = "model.conditioning=precomputed, but the shards in data.dir = " + c.data.dir;
+  if (!shape)
+    throw ConfigError(where + " carry no text embeddings (text_states/text_mask); compute them first with "
+                      "`difftrain encode-text --encoder ENCODER.pt --data " + c.data.dir + "` (docs/CONDITIONING.md)");
+  const auto& m = c.model;
+  if (shape->tokens != m.max_tokens || shape->width != m.context_dim || shape->pooled_width != m.pooled_dim)
+    throw ConfigError(where + " hold embeddings of L=" + std::to_string(shape->tokens) + " D=" +
+                      std::to_string(shape->width) + " D'=" + std::to_string(shape->pooled_width) +
+                      " (encoder \"" + shards.front().text_encoder + "\"), while the config says model.max_tokens=" +
+                      std::to_string(m.max_tokens) + " model.context_dim=" + std::to_string(m.context_dim) +
+                      " model.pooled_dim=" + std::to_string(m.pooled_dim) + "; set these keys to the shards' shape");
+  if (!shape->has_null)
+    throw ConfigError(where + " carry no null condition (text_null_*), which condition dropout needs; "
+                      "re-run `difftrain encode-text` on them");
+  TextEmbeddingBits null;
+  null.states.resize(static_cast<size_t>(shape->state_values()));
+  null.mask.resize(static_cast<size_t>(shape->tokens));
+  null.pooled.resize(static_cast<size_t>(shape->pooled_width));
+  data::ShardReader reader(shards.front());
+  reader.read_text_null(null.states.data(), null.mask.data(), shape->pooled_width > 0 ? null.pooled.data() : nullptr);
+  return null;
+}
+
 double global_grad_norm(const std::vector<torch::Tensor>& grads) {
   double sum = 0;
   for (const auto& g : grads) sum += g.pow(2).sum().item<double>();
@@ -183,6 +211,10 @@ void train(const Config& config, MpiSession& session, const TrainingHooks& hooks
   loader_options.world_size = comm->world_size();
   loader_options.seed = static_cast<uint64_t>(config.run.seed);
   loader_options.prefetch_batches = static_cast<int>(config.data.prefetch_batches);
+  const bool precomputed = config.model.conditioning == "precomputed";
+  loader_options.load_text_embeddings = precomputed;
+  TextEmbeddingBits null_condition;
+  if (precomputed) null_condition = check_text_embeddings(config);
 
   torch::manual_seed(config.run.seed);
   const auto unet_options = unet_options_from(config.model, config.data.image_size, config.data.channels);
@@ -238,7 +270,11 @@ void train(const Config& config, MpiSession& session, const TrainingHooks& hooks
     spdlog::info("data: {} samples, {} batches of {} per rank per epoch{}", loader.dataset_size(),
                  loader.batches_per_epoch(), config.train.batch_size,
                  config.data.random_flip ? ", random horizontal flips" : "");
-    warn_about_long_captions(config);
+    if (precomputed)
+      spdlog::info("conditioning: precomputed text embeddings L={} D={} D'={} from the shards",
+                   loader.text_shape().tokens, loader.text_shape().width, loader.text_shape().pooled_width);
+    else
+      warn_about_long_captions(config);
   }
 
   if (metrics) metrics->start(state.step, state.images_seen);  // pushes state running
@@ -305,10 +341,21 @@ void train(const Config& config, MpiSession& session, const TrainingHooks& hooks
                                       schedule.timesteps, {C, H, H}, config.train.cond_dropout);
       // Each sample's flip is part of its draws, so resume and rank-equivalence stay exact.
       if (config.data.random_flip) x0 = torch::where(draws.flip.view({B, 1, 1, 1}).to(device), x0.flip({3}), x0);
-      // Condition dropout: the caption becomes the null condition (all padding).
-      auto tokens = tokenize_batch(batch.captions, config.model.max_tokens)
-                        .masked_fill(draws.drop.unsqueeze(1), model::kPadToken)
-                        .to(device);
+      // Condition dropout: the caption becomes the null condition (all padding for the
+      // built-in encoder; the stored embedding of the empty caption for precomputed ones).
+      torch::Tensor tokens;
+      model::Conditioning condition;
+      if (precomputed) {
+        condition = precomputed_conditioning({batch.text_states, batch.text_mask, batch.text_pooled}, batch.size,
+                                             batch.text_shape, null_condition, draws.drop);
+        condition.context = condition.context.to(device);
+        condition.mask = condition.mask.to(device);
+        if (condition.pooled.defined()) condition.pooled = condition.pooled.to(device);
+      } else {
+        tokens = tokenize_batch(batch.captions, config.model.max_tokens)
+                     .masked_fill(draws.drop.unsqueeze(1), model::kPadToken)
+                     .to(device);
+      }
       auto t = draws.timesteps.to(device);
       auto noise = draws.noise.to(device);
       auto x_t = diffusion::q_sample(schedule, x0, t, noise);
@@ -317,7 +364,7 @@ void train(const Config& config, MpiSession& session, const TrainingHooks& hooks
       torch::Tensor output;
       {
         AutocastScope autocast(precision, device);
-        output = net->forward(x_t, t, tokens);
+        output = precomputed ? net->forward(x_t, t, condition) : net->forward(x_t, t, tokens);
       }
       // The step's loss is the mean over its micro-batches, as one batch of accum * B would give.
       auto loss = torch::mse_loss(output.to(torch::kFloat32), target) / static_cast<double>(accum);
