@@ -7,11 +7,7 @@ gtest_discover_tests(test_eval_io)
 
 # What the evaluation commands accept: option bounds, TorchScript denoiser checks, colour-match
 # on empty manifests, caption/prompt validation, sweep points keyed by their inputs.
-foreach(case SampleOptions TorchScriptChecks ColourMatchInput Captions SweepKeys)
-  add_test(NAME eval_input.${case}
-    COMMAND ${DIFFTRAIN_PYTHON} ${CMAKE_CURRENT_LIST_DIR}/eval_input_tests.py $<TARGET_FILE:difftrain> ${case})
-  set_tests_properties(eval_input.${case} PROPERTIES TIMEOUT 600)
-endforeach()
+difftrain_python_tests(eval_input eval_input_tests.py 600 SampleOptions TorchScriptChecks ColourMatchInput Captions SweepKeys)
 
 # Option bounds, prompt/caption validation and the SHA-256 of sweep keys (library level).
 add_executable(test_eval_inputs ${CMAKE_CURRENT_LIST_DIR}/test_eval_inputs.cpp)

@@ -5,9 +5,5 @@ target_link_libraries(test_make_shards PRIVATE difftrain_make_shards GTest::gtes
 gtest_discover_tests(test_make_shards TEST_PREFIX "make_shards." PROPERTIES TIMEOUT 120)
 
 # End to end against an independent PIL decode (Debian's python3-pil, python3-h5py).
-foreach(case Decode Inputs Ranks Resume)
-  add_test(NAME make_shards.${case}
-    COMMAND ${DIFFTRAIN_PYTHON} ${CMAKE_CURRENT_LIST_DIR}/make_shards_tests.py $<TARGET_FILE:difftrain> ${case})
-  set_tests_properties(make_shards.${case} PROPERTIES TIMEOUT 300)
-endforeach()
+difftrain_python_tests(make_shards make_shards_tests.py 300 Decode Inputs Ranks Resume)
 set_tests_properties(make_shards.Ranks PROPERTIES PROCESSORS 2)

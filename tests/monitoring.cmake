@@ -8,8 +8,4 @@ gtest_discover_tests(test_monitoring)
 
 # Real Prometheus + Pushgateway servers (skipped when not installed) watching short
 # training and sampling jobs: labels, stalls, final states, restarts, the dashboard.
-foreach(case LiveJob FinalStates Restart)
-  add_test(NAME monitoring_server.${case}
-    COMMAND ${DIFFTRAIN_PYTHON} ${CMAKE_CURRENT_LIST_DIR}/monitoring_server_tests.py $<TARGET_FILE:difftrain> ${case})
-  set_tests_properties(monitoring_server.${case} PROPERTIES TIMEOUT 300)
-endforeach()
+difftrain_python_tests(monitoring_server monitoring_server_tests.py 300 LiveJob FinalStates Restart)
