@@ -383,7 +383,10 @@ class FailureHandling(Workdir):
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         log = self.dir / run_dir / "metrics.jsonl"
         deadline = time.time() + 120
-        while not (log.exists() and any(json.loads(l)["step"] >= 10 for l in log.read_text().splitlines() if l)):
+        # Past step 10 and its checkpoint complete (the step's log line comes before its checkpoint).
+        checkpoints = self.dir / run_dir / "checkpoints"
+        while not (log.exists() and any(json.loads(l).get("step", 0) >= 10 for l in log.read_text().splitlines() if l)
+                   and list(checkpoints.glob("step-*/manifest.json"))):
             self.assertLess(time.time(), deadline, "training made no progress")
             if proc.poll() is not None:
                 self.fail("training ended early: " + proc.stderr.read()[-2000:])
