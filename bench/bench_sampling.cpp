@@ -66,7 +66,7 @@ int main(int argc, char** argv) {
   torch::set_num_threads(threads);
   torch::manual_seed(0);
   const Config config = load_config(config_path, {});
-  model::UNet net(unet_options_from(config.model, config.data.image_size, config.data.channels));
+  model::UNet net(unet_options_from(config.model, model_input_size(config), model_input_channels(config)));
   net->eval();
   torch::NoGradGuard no_grad;
   const auto schedule = diffusion::make_schedule(config.diffusion.schedule, config.diffusion.timesteps);

@@ -2,7 +2,8 @@
 // TorchScript text encoder (model/frozen_text_encoder.h) to every shard of a
 // directory (docs/CONDITIONING.md). Under mpirun, rank r encodes the shards
 // k % world == r (k: position in file-name order); the result does not depend
-// on the number of ranks.
+// on the number of ranks. With --prompt / --prompt-file and --out it writes a prompt-embeddings
+// file instead (captions + text_* in the shard layout, no images) for `sample --prompt-embeddings`.
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -17,6 +18,10 @@ struct EncodeTextCommand {
   CLI::App* app = nullptr;  // the subcommand; true once parsed
   std::string encoder_path;
   std::string data_dir;
+  std::vector<std::string> prompts;  // --prompt (repeatable) ...
+  std::string prompt_file;           // ... and/or --prompt-file, with --out instead of --data
+  std::string out;
+  std::string null_kind = "empty";   // --null: the empty caption's embedding, or zeros
   std::string tokenizer = "bytes";  // "bytes" or a SentencePiece .model file
   int64_t batch_size = 64;
   int threads = 1;

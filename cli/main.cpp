@@ -11,6 +11,8 @@
 //                  or (--data) a feature extractor + classifier for any labelled shard set
 //   class-match    per-class accuracy of sampled images under such a classifier
 //   checkpoint-info  verification of every file, step, images seen and EMA fingerprint of a checkpoint
+//   autoencoder    train | export | eval the KL autoencoder of latent diffusion (docs/LATENTS.md)
+//   model-info     parameter count of the configured UNet (per part), one forward/backward, export
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
@@ -20,9 +22,12 @@
 #include <memory>
 #include <optional>
 
+#include "cli/autoencoder_command.h"
 #include "cli/fail.h"
+#include "cli/encode_images_command.h"
 #include "cli/encode_text_command.h"
 #include "cli/make_shards_command.h"
+#include "cli/model_info_command.h"
 #include "data/synthetic_shapes.h"
 #include "eval/atomic_write.h"
 #include "eval/class_match.h"
@@ -45,6 +50,9 @@
 #include "trainer/config.h"
 #include "trainer/model_options.h"
 #include "distributed/mpi_session.h"
+#include "trainer/autoencoder_export.h"
+#include "trainer/autoencoder_trainer.h"
+#include "trainer/data_identity.h"
 #include "trainer/trainer.h"
 
 namespace {
@@ -58,13 +66,24 @@ using cli::fail;
 // not at the first evaluation.
 TrainingHooks training_hooks(const Config& config) {
   TrainingHooks hooks;
+  // A latent model's samples are decoded by eval.vae_decoder, loaded and checked once, now.
+  std::optional<eval::LatentDecoder> decoder;
+  if (config.data.latents && (!config.eval.prompts.empty() || config.eval.every > 0))
+    decoder = eval::load_latent_decoder(config.eval.vae_decoder, config);
+  const auto ema_source = [config, decoder](model::UNet& ema) {
+    auto source = eval::denoiser_from_model(ema, config, "EMA weights in training");
+    source.decoder = decoder;
+    return source;
+  };
   if (!config.eval.prompts.empty()) {
     const auto sampler = diffusion::evaluation_spec(config.eval.sampler, config.eval.steps);
-    hooks.validation = [config, sampler](model::UNet& ema, int64_t step) {
+    // With precomputed conditioning the prompts are embedded now, by eval.text_encoder.
+    auto prompts = std::make_shared<eval::PromptSet>(eval::training_validation_prompt_set(config));
+    hooks.validation = [config, sampler, prompts, ema_source](model::UNet& ema, int64_t step) {
       char name[64];
       std::snprintf(name, sizeof(name), "validation/step-%07lld.png", static_cast<long long>(step));
       const auto path = (std::filesystem::path(config.run.dir) / name).string();
-      eval::write_prompt_grid(eval::denoiser_from_model(ema, config, "EMA weights in training"), config.eval.prompts,
+      eval::write_prompt_grid(ema_source(ema), *prompts,
                               config.eval.prompts_images, sampler, config.eval.guidance, 0, path);
       spdlog::info("step {}: validation grid {}", step, path);
     };
@@ -76,11 +95,11 @@ TrainingHooks training_hooks(const Config& config) {
                              ": expected a statistics file written by `difftrain eval fid-ref`");
   const auto reference = eval::load_gaussian_stats(config.eval.reference);
   std::string prompt_source;
-  auto prompts = std::make_shared<std::vector<std::string>>(eval::training_eval_prompts(config, &prompt_source));
+  auto prompts = std::make_shared<eval::PromptSet>(eval::training_fid_prompt_set(config, &prompt_source));
   spdlog::info("eval: FID prompts from {} ({} prompts)", prompt_source, prompts->size());
-  hooks.fid = [config, extractor, reference, prompts](model::UNet& ema, Communicator& comm) {
+  hooks.fid = [config, extractor, reference, prompts, ema_source](model::UNet& ema, Communicator& comm) {
     const eval::FidPoint point{diffusion::evaluation_spec(config.eval.sampler, config.eval.steps), config.eval.guidance};
-    const auto source = eval::denoiser_from_model(ema, config, "EMA weights in training");
+    const auto source = ema_source(ema);
     return eval::fid_point(source, point, *prompts, config.eval.samples, 0, config.eval.batch_size, *extractor,
                            reference, &comm)
         .fid;
@@ -94,7 +113,8 @@ int run_train(int argc, char** argv, const std::string& config_path, const std::
   if (session.rank() != 0) spdlog::set_level(spdlog::level::warn);
   // Failures are reported while MPI is still up, so the abort reaches every rank.
   try {
-    const Config config = load_config(config_path, overrides);
+    // Resolved from the shards first: the hooks decode latents with the run's scale and shift.
+    const Config config = resolve_data_identity(load_config(config_path, overrides));
     train(config, session, training_hooks(config));
   } catch (const c10::Error& e) {
     fail(e.what_without_backtrace());
@@ -221,7 +241,13 @@ int run_checkpoint_info(const std::string& path) {
   if (!check.ok()) throw CheckpointError("checkpoint '" + dir + "' does not verify: " + check.problem);
   const auto state = read_training_state(dir);
   const Config config = parse_saved_config(read_checkpoint_config(dir), dir + "/config.yaml", nullptr, nullptr);
-  model::UNet model(unet_options_from(config.model, config.data.image_size, config.data.channels));
+  if (is_autoencoder_checkpoint(dir)) {  // `difftrain autoencoder train`
+    std::printf("step %lld\nimages_seen %lld\nema_fingerprint %016llx\n", static_cast<long long>(state.step),
+                static_cast<long long>(state.images_seen),
+                static_cast<unsigned long long>(weights_fingerprint(*load_autoencoder(dir).net)));
+    return 0;
+  }
+  model::UNet model(unet_options_from(config.model, model_input_size(config), model_input_channels(config)));
   load_ema_weights(dir, *model);
   const uint64_t ema_fp = weights_fingerprint(*model);
   std::printf("step %lld\nimages_seen %lld\nema_fingerprint %016llx\n",
@@ -247,6 +273,9 @@ int main(int argc, char** argv) {
 
   const auto make_shards = cli::add_make_shards_command(app);
   const auto encode_text = cli::add_encode_text_command(app);
+  const auto autoencoder = cli::add_autoencoder_command(app);
+  const auto model_info = cli::add_model_info_command(app);
+  const auto encode_images = cli::add_encode_images_command(app);
 
   auto* train = app.add_subcommand("train", "train a model (one process per rank under mpirun/srun)");
   std::string config_path;
@@ -270,6 +299,13 @@ int main(int argc, char** argv) {
   std::string sample_prompt_file;
   sample->add_option("--prompt-file", sample_prompt_file, "a file of prompts, one per line");
   sample->add_flag("--synthetic-prompts", synthetic_prompts, "every colour x shape of the built-in dataset");
+  sample->add_option("--text-encoder", so.text_encoder,
+                     "precomputed-conditioning models: the TorchScript text encoder they were trained with");
+  sample->add_option("--tokenizer", so.tokenizer, "with --text-encoder: bytes (default) or a SentencePiece .model");
+  sample->add_option("--vae-decoder", so.vae_decoder,
+                     "latent models: the TorchScript VAE decoder of their latents (docs/LATENTS.md)");
+  sample->add_option("--prompt-embeddings", so.prompt_embeddings,
+                     "precomputed-conditioning models: prompts with their embeddings (encode-text --prompts --out)");
   std::string clip_choice = "auto", variance = "posterior";
   sample->add_option("--sampler", so.sampler.name, "sampler")->check(CLI::IsMember(diffusion::sampler_names()));
   sample->add_option("--steps", so.sampler.steps, "sampling steps, at most T (ddpm always runs all T)");
@@ -352,6 +388,13 @@ int main(int argc, char** argv) {
   sweep->add_option("--prompt-file", sweep_prompt_file, "a file of prompts, one per line, cycled");
   sweep->add_option("--captions-from", sweep_options.captions_from,
                     "shard directory whose captions, in a seeded order, are the prompts (image i, caption i)");
+  sweep->add_option("--text-encoder", sweep_options.text_encoder,
+                    "precomputed-conditioning models: the TorchScript text encoder they were trained with");
+  sweep->add_option("--tokenizer", sweep_options.tokenizer, "with --text-encoder: bytes (default) or a SentencePiece .model");
+  sweep->add_option("--vae-decoder", sweep_options.vae_decoder,
+                    "latent models: the TorchScript VAE decoder of their latents (docs/LATENTS.md)");
+  sweep->add_option("--prompt-embeddings", sweep_options.prompt_embeddings,
+                    "precomputed-conditioning models: prompts with their embeddings (encode-text --prompts --out)");
   sweep->add_option("--out", sweep_options.out_dir, "output directory")->required();
   sweep->add_option("--compare-steps", sweep_options.compare_steps, "steps of the side-by-side grid");
   sweep->add_option("--compare-rows", sweep_options.compare_rows, "prompts in the side-by-side grid (0: no grid)");
@@ -407,6 +450,9 @@ int main(int argc, char** argv) {
     }
     if (*make_shards->app) return cli::run_make_shards_command(argc, argv, *make_shards);
     if (*encode_text->app) return cli::run_encode_text_command(argc, argv, *encode_text);
+    if (*autoencoder->app) return cli::run_autoencoder_command(argc, argv, *autoencoder);
+    if (*model_info->app) return cli::run_model_info_command(*model_info);
+    if (*encode_images->app) return cli::run_encode_images_command(argc, argv, *encode_images);
     if (*train) return run_train(argc, argv, config_path, overrides);
     if (*sample) {
       if (!sample_prompt_file.empty()) {

@@ -153,6 +153,17 @@ int64_t read_int_attribute(const H5::H5File& file, const std::string& path,
   return value;
 }
 
+double read_double_attribute(const H5::H5File& file, const std::string& path, const std::string& name) {
+  H5::Attribute attribute = open_scalar_attribute(file, path, name);
+  if (attribute.getTypeClass() != H5T_FLOAT && attribute.getTypeClass() != H5T_INTEGER) {
+    throw ShardError("shard " + path + ": root attribute " + quoted(name) + " has dtype " +
+                     describe_type(attribute.getDataType()) + ", expected a number (float64)");
+  }
+  double value = 0;
+  attribute.read(H5::PredType::NATIVE_DOUBLE, &value);
+  return value;
+}
+
 void write_string_attribute(H5::H5File& file, const std::string& name, const std::string& value) {
   H5::StrType type(H5::PredType::C_S1, H5T_VARIABLE);
   type.setCset(H5T_CSET_UTF8);
@@ -165,5 +176,41 @@ void write_int_attribute(H5::H5File& file, const std::string& name, int64_t valu
       file.createAttribute(name, H5::PredType::STD_I64LE, H5::DataSpace(H5S_SCALAR));
   attribute.write(H5::PredType::NATIVE_INT64, &value);
 }
+
+void write_double_attribute(H5::H5File& file, const std::string& name, double value) {
+  H5::Attribute attribute = file.createAttribute(name, H5::PredType::IEEE_F64LE, H5::DataSpace(H5S_SCALAR));
+  attribute.write(H5::PredType::NATIVE_DOUBLE, &value);
+}
+
+namespace {
+bool has_float_layout(const H5::DataType& type, size_t exponent_pos, size_t exponent_size, size_t mantissa_size,
+                      size_t bias) {
+  if (type.getClass() != H5T_FLOAT || type.getSize() != 2) return false;
+  size_t sign = 0, epos = 0, esize = 0, mpos = 0, msize = 0;
+  if (H5Tget_fields(type.getId(), &sign, &epos, &esize, &mpos, &msize) < 0) return false;
+  return sign == 15 && epos == exponent_pos && esize == exponent_size && mpos == 0 && msize == mantissa_size &&
+         H5Tget_ebias(type.getId()) == bias && H5Tget_order(type.getId()) == H5T_ORDER_LE;
+}
+}  // namespace
+
+// IEEE half, little-endian, built the way h5py builds numpy's float16.
+H5::FloatType float16_type() {
+  H5::FloatType type(H5::PredType::IEEE_F32LE);
+  type.setFields(15, 10, 5, 0, 10);
+  type.setSize(2);
+  type.setEbias(15);
+  return type;
+}
+
+H5::FloatType bfloat16_type() {
+  H5::FloatType type(H5::PredType::IEEE_F32LE);
+  type.setFields(15, 7, 8, 0, 7);
+  type.setSize(2);
+  type.setEbias(127);
+  return type;
+}
+
+bool is_float16(const H5::DataType& type) { return has_float_layout(type, 10, 5, 10, 15); }
+bool is_bfloat16(const H5::DataType& type) { return has_float_layout(type, 7, 8, 7, 127); }
 
 }  // namespace difftrain::data

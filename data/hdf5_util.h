@@ -53,8 +53,18 @@ std::string read_string_attribute(const H5::H5File& file, const std::string& pat
                                   const std::string& name);
 int64_t read_int_attribute(const H5::H5File& file, const std::string& path,
                            const std::string& name);
+// A float (or integer) scalar attribute as a double: what h5py writes for a Python float.
+double read_double_attribute(const H5::H5File& file, const std::string& path, const std::string& name);
 // Variable-length UTF-8, which is what h5py writes for a Python str.
 void write_string_attribute(H5::H5File& file, const std::string& name, const std::string& value);
 void write_int_attribute(H5::H5File& file, const std::string& name, int64_t value);
+void write_double_attribute(H5::H5File& file, const std::string& name, double value);
+
+// The two 16-bit float layouts of the format: IEEE 754 half (numpy's float16, what
+// h5py writes) and bfloat16 (float32's upper half: sign 15, exponent 7..14, bias 127).
+H5::FloatType float16_type();
+H5::FloatType bfloat16_type();
+bool is_float16(const H5::DataType& type);
+bool is_bfloat16(const H5::DataType& type);
 
 }  // namespace difftrain::data

@@ -32,6 +32,18 @@ TextEmbeddingShape text_shape_of(const LoaderOptions& options, const std::vector
   return *shape;
 }
 
+// The latents the loader will read, when asked to; nullopt otherwise.
+std::optional<LatentInfo> latents_of(const LoaderOptions& options, const std::vector<ShardInfo>& shards) {
+  if (!options.load_latents) return std::nullopt;
+  std::optional<LatentInfo> info = latent_info(shards);
+  if (!info) {
+    throw ShardError("loader: the shards under " + options.shard_dir + " carry no latents (dataset '" +
+                     kLatentsDataset + "'); add them with `difftrain encode-images --data " + options.shard_dir +
+                     " --vae-encoder ...`");
+  }
+  return info;
+}
+
 std::vector<int64_t> offsets_of(const std::vector<ShardInfo>& shards) {
   std::vector<int64_t> offsets = {0};
   for (const ShardInfo& shard : shards) offsets.push_back(offsets.back() + shard.count);
@@ -46,6 +58,7 @@ Loader::Loader(LoaderOptions options, LoaderPosition start)
       shard_offsets_(offsets_of(shards_)),
       dataset_size_(shard_offsets_.back()),
       text_shape_(text_shape_of(options_, shards_)),
+      latents_(latents_of(options_, shards_)),
       order_(dataset_size_, options_.batch_size, options_.rank, options_.world_size, options_.seed),
       readers_(shards_.size()) {
   if (order_.batches_per_epoch() == 0) {
@@ -110,10 +123,16 @@ void Loader::read_ahead(LoaderPosition position) {
 
 bool Loader::read_batch(const LoaderPosition& position, Batch* batch) {
   const std::vector<int64_t> indices = order_.batch(position);  // (B)
-  const int64_t image_bytes = options_.geometry.bytes();
+  const bool latents = latents_.has_value();
+  const int64_t image_bytes = latents ? 0 : options_.geometry.bytes();
+  const int64_t latent_values = latents ? latents_->shape.values() : 0;
   batch->size = static_cast<int64_t>(indices.size());
   batch->position = position;
-  batch->images.resize(static_cast<size_t>(batch->size * image_bytes));  // (B, H, W, C)
+  batch->images.resize(static_cast<size_t>(batch->size * image_bytes));  // (B, H, W, C) or empty
+  if (latents) {
+    batch->latent_shape = latents_->shape;
+    batch->latents.resize(static_cast<size_t>(batch->size * latent_values));  // (B, c, h, w)
+  }
   batch->captions.resize(indices.size());                                // (B)
   const bool text = options_.load_text_embeddings;
   const TextEmbeddingShape& ts = text_shape_;
@@ -129,12 +148,13 @@ bool Loader::read_batch(const LoaderPosition& position, Batch* batch) {
         std::upper_bound(shard_offsets_.begin(), shard_offsets_.end(), indices[k]) -
         shard_offsets_.begin() - 1);
     if (!readers_[shard]) readers_[shard] = std::make_unique<ShardReader>(shards_[shard]);
-    readers_[shard]->read(indices[k] - shard_offsets_[shard],
-                          batch->images.data() + static_cast<int64_t>(k) * image_bytes,
+    const int64_t index = indices[k] - shard_offsets_[shard];
+    readers_[shard]->read(index, latents ? nullptr : batch->images.data() + static_cast<int64_t>(k) * image_bytes,
                           &batch->captions[k]);
+    if (latents) readers_[shard]->read_latent(index, batch->latents.data() + static_cast<int64_t>(k) * latent_values);
     if (text) {
       const auto row = static_cast<int64_t>(k);
-      readers_[shard]->read_text(indices[k] - shard_offsets_[shard],
+      readers_[shard]->read_text(index,
                                  batch->text_states.data() + row * ts.state_values(),
                                  batch->text_mask.data() + row * ts.tokens,
                                  ts.pooled_width > 0 ? batch->text_pooled.data() + row * ts.pooled_width : nullptr);

@@ -23,6 +23,7 @@
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -43,6 +44,9 @@ struct LoaderOptions {
   // Also read each sample's precomputed text embeddings (docs/CONDITIONING.md) into
   // Batch::text_*; every shard must carry them, with the same shape and encoder.
   bool load_text_embeddings = false;
+  // Read each sample's latent (docs/LATENTS.md) into Batch::latents instead of its image
+  // (Batch::images stays empty); every shard must carry the same latents.
+  bool load_latents = false;
 };
 
 struct Batch {
@@ -55,6 +59,9 @@ struct Batch {
   std::vector<uint16_t> text_states;  // (B, L, D) float16 bits
   std::vector<uint8_t> text_mask;     // (B, L) 1 = real token
   std::vector<uint16_t> text_pooled;  // (B, D') float16 bits; empty when the shards have no text_pooled
+  // Filled only with LoaderOptions::load_latents.
+  LatentShape latent_shape;           // c, h, w, dtype (all 0 without latents)
+  std::vector<uint16_t> latents;      // (B, c, h, w) 16-bit float bits in latent_shape.dtype
 };
 
 // Each epoch: a permutation of all N samples (across all shards, in file-name
@@ -80,6 +87,8 @@ class Loader {
   int64_t dataset_size() const { return dataset_size_; }  // N, all ranks together
   // The shards' text-embedding shape; set with load_text_embeddings, else all 0.
   const TextEmbeddingShape& text_shape() const { return text_shape_; }
+  // The shards' latents; set with load_latents.
+  const std::optional<LatentInfo>& latents() const { return latents_; }
 
  private:
   void read_ahead(LoaderPosition position);  // the reader thread
@@ -91,6 +100,7 @@ class Loader {
   std::vector<int64_t> shard_offsets_;  // (shards + 1): global index of each shard's first sample
   int64_t dataset_size_ = 0;
   TextEmbeddingShape text_shape_;
+  std::optional<LatentInfo> latents_;
 
   // Its permutation cache belongs to the reader thread; batches_per_epoch() only
   // reads fields fixed at construction.

@@ -27,6 +27,10 @@ inline constexpr const char* kTextNullStatesDataset = "text_null_states";  // fl
 inline constexpr const char* kTextNullMaskDataset = "text_null_mask";      // uint8 (1, L)
 inline constexpr const char* kTextNullPooledDataset = "text_null_pooled";  // float16 (1, D'), iff text_pooled
 
+// Optional latents of the images (docs/LATENTS.md), written by `difftrain encode-images`:
+// the VAE encoder's output, unscaled; a latent model diffuses (latents - latent_shift) * latent_scale.
+inline constexpr const char* kLatentsDataset = "latents";  // float16 or bfloat16 (N, c, h, w)
+
 inline constexpr const char* kFormatAttribute = "format";
 inline constexpr const char* kFormatVersionAttribute = "format_version";
 inline constexpr const char* kHeightAttribute = "height";
@@ -38,6 +42,14 @@ inline constexpr const char* kLabelNamesAttribute = "label_names";
 // `difftrain encode-text`, free text otherwise) and which tokenizer ("bytes", "sentencepiece ...").
 inline constexpr const char* kTextEncoderAttribute = "text_encoder";
 inline constexpr const char* kTextTokenizerAttribute = "text_tokenizer";
+// Optional with the text embeddings: which null condition text_null_* holds, "empty" (the
+// empty caption's embedding, the default when absent) or "zeros".
+inline constexpr const char* kTextNullAttribute = "text_null";
+// With the latents, required: the encoder ("<file> sha256:<hex>" from `difftrain encode-images`,
+// free text otherwise) and the float64 scale and shift.
+inline constexpr const char* kLatentEncoderAttribute = "latent_encoder";
+inline constexpr const char* kLatentScaleAttribute = "latent_scale";
+inline constexpr const char* kLatentShiftAttribute = "latent_shift";
 
 // Images are grey (C = 1) or RGB (C = 3); RGBA, palette and 16-bit images are
 // converted before sharding (`difftrain make-shards`).
@@ -83,6 +95,36 @@ inline std::string to_string(const TextEmbeddingShape& s) {
          " D'=" + (s.pooled_width > 0 ? std::to_string(s.pooled_width) : std::string("none")) +
          (s.has_null ? " with null condition" : "");
 }
+
+enum class LatentDtype { kFloat16, kBfloat16 };
+
+// The shape of a shard's latents: (c, h, w) per sample, stored as dtype.
+struct LatentShape {
+  int64_t channels = 0, height = 0, width = 0;
+  LatentDtype dtype = LatentDtype::kFloat16;
+
+  int64_t values() const { return channels * height * width; }  // of one (c, h, w) sample
+};
+
+inline bool operator==(const LatentShape& a, const LatentShape& b) {
+  return a.channels == b.channels && a.height == b.height && a.width == b.width && a.dtype == b.dtype;
+}
+inline bool operator!=(const LatentShape& a, const LatentShape& b) { return !(a == b); }
+
+inline const char* to_string(LatentDtype d) { return d == LatentDtype::kFloat16 ? "float16" : "bfloat16"; }
+
+// "(4, 8, 8) float16", for messages.
+inline std::string to_string(const LatentShape& s) {
+  return "(" + std::to_string(s.channels) + ", " + std::to_string(s.height) + ", " + std::to_string(s.width) + ") " +
+         to_string(s.dtype);
+}
+
+// What a shard's latents are: shape, the encoder that made them and how the model scales them.
+struct LatentInfo {
+  LatentShape shape;
+  std::string encoder;
+  double scale = 1.0, shift = 0.0;
+};
 
 // "(H, W, C)" with numbers, for error messages.
 inline std::string to_string(const ImageGeometry& g) {

@@ -1,6 +1,8 @@
 #include "data/shard_reader.h"
 
 #include <algorithm>
+#include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <system_error>
 #include <tuple>
@@ -159,17 +161,6 @@ void check_labels(const H5::H5File& file, const std::string& path, int64_t count
   }
 }
 
-// IEEE 754 half precision, little-endian: what numpy's float16 becomes in h5py.
-bool is_float16(const H5::DataType& type) {
-  if (type.getClass() != H5T_FLOAT || type.getSize() != 2) return false;
-  size_t sign = 0, exponent_pos = 0, exponent_size = 0, mantissa_pos = 0, mantissa_size = 0;
-  if (H5Tget_fields(type.getId(), &sign, &exponent_pos, &exponent_size, &mantissa_pos, &mantissa_size) < 0) {
-    return false;
-  }
-  return sign == 15 && exponent_pos == 10 && exponent_size == 5 && mantissa_pos == 0 && mantissa_size == 10 &&
-         H5Tget_order(type.getId()) == H5T_ORDER_LE;
-}
-
 bool is_uint8(const H5::DataType& type) {
   return type.getClass() == H5T_INTEGER && type.getSize() == 1 && H5Tget_sign(type.getId()) == H5T_SGN_NONE;
 }
@@ -271,6 +262,50 @@ std::optional<TextEmbeddingShape> check_text_embeddings(const H5::H5File& file, 
   return shape;
 }
 
+// The latents: nullopt when the shard has none; otherwise float16 or bfloat16
+// (N, c, h, w) with N = count, and the encoder, scale and shift attributes.
+std::optional<LatentInfo> check_latents(const H5::H5File& file, const std::string& path, int64_t count) {
+  if (!has_dataset(file, kLatentsDataset)) {
+    for (const char* name : {kLatentScaleAttribute, kLatentShiftAttribute, kLatentEncoderAttribute}) {
+      if (file.attrExists(name)) {
+        throw ShardError(shard(path) + "has the root attribute '" + name + "' but no dataset '" + kLatentsDataset +
+                         "'; latents are written with their attributes (difftrain encode-images)");
+      }
+    }
+    return std::nullopt;
+  }
+  const H5::DataSet latents = file.openDataSet(kLatentsDataset);
+  const H5::DataType type = latents.getDataType();
+  LatentInfo info;
+  if (is_float16(type)) {
+    info.shape.dtype = LatentDtype::kFloat16;
+  } else if (is_bfloat16(type)) {
+    info.shape.dtype = LatentDtype::kBfloat16;
+  } else {
+    throw ShardError(shard(path) + "dataset '" + kLatentsDataset + "' has dtype " + dtype_of(type) +
+                     ", expected float16 or bfloat16 (little-endian)");
+  }
+  const std::vector<hsize_t> dims = dataset_shape(latents);
+  if (dims.size() != 4 || static_cast<int64_t>(dims[0]) != count || dims[1] == 0 || dims[2] == 0 || dims[3] == 0) {
+    throw ShardError(shard(path) + "dataset '" + kLatentsDataset + "' has shape " + describe_shape(dims) +
+                     ", expected (N, c, h, w) = (" + std::to_string(count) + ", c, h, w) with c, h, w > 0 (one per image)");
+  }
+  info.shape.channels = static_cast<int64_t>(dims[1]);
+  info.shape.height = static_cast<int64_t>(dims[2]);
+  info.shape.width = static_cast<int64_t>(dims[3]);
+  info.encoder = read_string_attribute(file, path, kLatentEncoderAttribute);
+  info.scale = read_double_attribute(file, path, kLatentScaleAttribute);
+  info.shift = read_double_attribute(file, path, kLatentShiftAttribute);
+  if (!std::isfinite(info.scale) || info.scale <= 0) {
+    throw ShardError(shard(path) + "root attribute '" + kLatentScaleAttribute + "' is " + std::to_string(info.scale) +
+                     ", expected a finite number > 0");
+  }
+  if (!std::isfinite(info.shift)) {
+    throw ShardError(shard(path) + "root attribute '" + kLatentShiftAttribute + "' is not finite");
+  }
+  return info;
+}
+
 std::vector<std::string> shard_paths_of(const std::string& dir) {
   std::vector<std::string> paths;
   try {
@@ -306,8 +341,9 @@ ShardInfo validate_shard(const std::string& path, const ImageGeometry& expected)
     const int64_t count = check_images(file, path, expected);
     check_captions(file, path, count);
     check_labels(file, path, count);
-    ShardInfo info{path, count, expected, std::nullopt, "", ""};
+    ShardInfo info{path, count, expected, std::nullopt, "", "", std::nullopt};
     info.text = check_text_embeddings(file, path, count, &info.text_encoder, &info.text_tokenizer);
+    info.latents = check_latents(file, path, count);
     return info;
   } catch (const H5::Exception& e) {
     throw shard_error_from(path, "HDF5 error while validating", e);
@@ -378,6 +414,28 @@ std::optional<std::string> read_shard_attribute(const std::string& path, const s
   }
 }
 
+std::optional<LatentInfo> latent_info(const std::vector<ShardInfo>& shards) {
+  if (shards.empty()) return std::nullopt;
+  const ShardInfo& first = shards.front();
+  const auto describe = [](const ShardInfo& s) {
+    if (!s.latents) return std::string("no latents (dataset '") + kLatentsDataset + "')";
+    char numbers[96];
+    std::snprintf(numbers, sizeof numbers, ", scale %.9g, shift %.9g", s.latents->scale, s.latents->shift);
+    return "latents " + to_string(s.latents->shape) + " from encoder \"" + s.latents->encoder + "\"" + numbers;
+  };
+  for (const ShardInfo& s : shards) {
+    const bool same = s.latents.has_value() == first.latents.has_value() &&
+                      (!s.latents || (s.latents->shape == first.latents->shape &&
+                                      s.latents->encoder == first.latents->encoder &&
+                                      s.latents->scale == first.latents->scale && s.latents->shift == first.latents->shift));
+    if (!same) {
+      throw ShardError(shard(s.path) + "has " + describe(s) + ", but " + first.path + " has " + describe(first) +
+                       "; every shard of a directory must carry the same latents (re-run difftrain encode-images)");
+    }
+  }
+  return first.latents;
+}
+
 // Built by initialisation only: assigning H5:: objects goes through their
 // deprecated implicit operator=, which is easy to get wrong with HDF5 ids.
 struct ShardReader::Handles {
@@ -406,6 +464,13 @@ struct ShardReader::TextHandles {
   H5::DataSet pooled;  // float16 (N, D'), or an invalid handle
   // float16 is read with the file's own type as memory type: the raw bits, no conversion.
   H5::DataType states_type, pooled_type;
+};
+
+struct ShardReader::LatentHandles {
+  explicit LatentHandles(const H5::H5File& file) : latents(file.openDataSet(kLatentsDataset)), type(latents.getDataType()) {}
+
+  H5::DataSet latents;  // 16-bit float (N, c, h, w)
+  H5::DataType type;    // read as memory type: the raw bits, no conversion
 };
 
 ShardReader::ShardReader(const ShardInfo& info) : info_(info) {
@@ -440,6 +505,15 @@ ShardReader::ShardReader(const ShardInfo& info) : info_(info) {
       text = std::make_unique<TextHandles>(handles->file, info_.text->pooled_width > 0);
     }
     text_h5_ = std::move(text);
+    if (info_.latents) {
+      const auto now = check_latents(handles->file, info_.path, info_.count);
+      if (!now || now->shape != info_.latents->shape || now->encoder != info_.latents->encoder) {
+        throw ShardError(shard(info_.path) + "changed since it was validated: latents are " +
+                         (now ? to_string(now->shape) : std::string("gone")) + ", expected " +
+                         to_string(info_.latents->shape));
+      }
+      latent_h5_ = std::make_unique<LatentHandles>(handles->file);
+    }
   } catch (const H5::Exception& e) {
     throw shard_error_from(info_.path, "cannot open for reading", e);
   }
@@ -447,8 +521,9 @@ ShardReader::ShardReader(const ShardInfo& info) : info_(info) {
 }
 
 ShardReader::~ShardReader() {
-  if (!h5_ && !text_h5_) return;
+  if (!h5_ && !text_h5_ && !latent_h5_) return;
   auto lock = lock_hdf5();
+  latent_h5_.reset();
   text_h5_.reset();
   h5_.reset();
 }
@@ -506,6 +581,27 @@ void ShardReader::read_text(int64_t index, uint16_t* states_out, uint8_t* mask_o
     }
   } catch (const H5::Exception& e) {
     throw shard_error_from(info_.path, "reading the text embeddings of sample " + std::to_string(index) + " failed", e);
+  }
+}
+
+void ShardReader::read_latent(int64_t index, uint16_t* latent_out) {
+  check_index(index);
+  if (!latent_h5_) {
+    throw ShardError(shard(info_.path) + "has no latents (dataset '" + kLatentsDataset +
+                     "'); run `difftrain encode-images` on its directory");
+  }
+  const LatentShape& shape = info_.latents->shape;
+  auto lock = lock_hdf5();
+  try {
+    const hsize_t start[4] = {static_cast<hsize_t>(index), 0, 0, 0};
+    const hsize_t block[4] = {1, static_cast<hsize_t>(shape.channels), static_cast<hsize_t>(shape.height),
+                              static_cast<hsize_t>(shape.width)};
+    H5::DataSpace file_space = latent_h5_->latents.getSpace();
+    file_space.selectHyperslab(H5S_SELECT_SET, block, start);
+    const H5::DataSpace memory_space(4, block);
+    latent_h5_->latents.read(latent_out, latent_h5_->type, memory_space, file_space);
+  } catch (const H5::Exception& e) {
+    throw shard_error_from(info_.path, "reading the latent of sample " + std::to_string(index) + " failed", e);
   }
 }
 

@@ -24,6 +24,8 @@ struct ShardInfo {
   // optionally text_pooled), with the attributes that name their encoder and tokenizer.
   std::optional<TextEmbeddingShape> text;
   std::string text_encoder, text_tokenizer;  // "" without text
+  // Present when the shard carries latents (`latents` + its attributes).
+  std::optional<LatentInfo> latents;
 };
 
 // Opens and validates a shard: exists, is HDF5 (a truncated file gives a clean
@@ -50,6 +52,11 @@ ImageGeometry shard_directory_geometry(const std::string& dir);
 // differs from the first one: it lacks the embeddings while the first has them
 // (or the other way round), has another (L, D, D'), or another `text_encoder`.
 std::optional<TextEmbeddingShape> text_embedding_shape(const std::vector<ShardInfo>& shards);
+
+// The latents every shard of a directory agrees on (shape, dtype, encoder, scale and shift),
+// or nullopt when none carries latents. Throws ShardError naming the first shard that
+// differs from the first one.
+std::optional<LatentInfo> latent_info(const std::vector<ShardInfo>& shards);
 
 // The optional `labels` dataset of a shard (int64, one class per sample), or
 // nullopt when the shard has none. Throws ShardError for a malformed one.
@@ -78,6 +85,9 @@ class ShardReader {
   // states_out (L, D) float16 bits, mask_out (L), pooled_out (D') float16 bits
   // (only read when the shard has `text_pooled`). Any may be null to skip it.
   void read_text(int64_t index, uint16_t* states_out, uint8_t* mask_out, uint16_t* pooled_out);
+  // The latent of one sample (info().latents must be set, else ShardError):
+  // (c, h, w) 16-bit float bits in the shard's dtype (info().latents->shape.dtype).
+  void read_latent(int64_t index, uint16_t* latent_out);
   // The null condition (the empty caption's embedding), same layout as one
   // sample; info().text->has_null must be set, else ShardError.
   void read_text_null(uint16_t* states_out, uint8_t* mask_out, uint16_t* pooled_out);
@@ -85,11 +95,13 @@ class ShardReader {
  private:
   struct Handles;      // the HDF5 objects, kept out of this header
   struct TextHandles;  // those of the text embeddings, when present
+  struct LatentHandles;  // those of the latents, when present
   void check_index(int64_t index) const;
   ShardInfo info_;
   std::vector<std::string> captions_;  // (N)
   std::unique_ptr<Handles> h5_;
   std::unique_ptr<TextHandles> text_h5_;
+  std::unique_ptr<LatentHandles> latent_h5_;
 };
 
 }  // namespace difftrain::data

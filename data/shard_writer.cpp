@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
+#include <functional>
 #include <cstring>
 #include <filesystem>
 #include <system_error>
@@ -23,15 +25,6 @@ void fsync_path(const std::string& path, int flags) {
   if (rc != 0) throw ShardError("fsync of " + path + " failed: " + std::strerror(fsync_errno));
 }
 
-// IEEE half, little-endian, built the way h5py builds numpy's float16.
-H5::FloatType float16_type() {
-  H5::FloatType type(H5::PredType::IEEE_F32LE);
-  type.setFields(15, 10, 5, 0, 10);
-  type.setSize(2);
-  type.setEbias(15);
-  return type;
-}
-
 void remove_file_quietly(const std::string& path) {
   std::error_code ignored;
   std::filesystem::remove(path, ignored);
@@ -47,6 +40,59 @@ bool is_reserved_attribute(const std::string& name) {
     if (name == reserved) return true;
   }
   return false;
+}
+
+// Rewrites the shard at `path` atomically with `modify` applied: the file is copied to
+// "<path>.tmp" (everything not touched by modify stays byte-identical), modified,
+// fsynced and renamed over the original, then the directory is fsynced. The shard
+// must hold `count` images. Throws ShardError naming the shard (leaving it as it was).
+void rewrite_shard(const std::string& path, int64_t count, const std::string& what,
+                   const std::function<void(H5::H5File&)>& modify) {
+  const auto fail = [&](const std::string& why) { return ShardError("shard " + path + ": " + why); };
+  const std::string temp_path = path + ".tmp";
+  try {
+    std::filesystem::copy_file(path, temp_path, std::filesystem::copy_options::overwrite_existing);
+  } catch (const std::filesystem::filesystem_error& err) {
+    remove_file_quietly(temp_path);
+    throw fail(std::string("cannot copy to ") + temp_path + ": " + err.what());
+  }
+  try {
+    {
+      auto lock = lock_hdf5();
+      try {
+        H5::H5File file(temp_path, H5F_ACC_RDWR);
+        if (!has_dataset(file, kImagesDataset)) throw fail(std::string("dataset '") + kImagesDataset + "' is missing");
+        const std::vector<hsize_t> image_dims = dataset_shape(file.openDataSet(kImagesDataset));
+        if (image_dims.empty() || image_dims[0] != static_cast<hsize_t>(count)) {
+          throw fail("holds " + (image_dims.empty() ? std::string("no") : std::to_string(image_dims[0])) +
+                     " images, but " + std::to_string(count) + " " + what + " were given");
+        }
+        modify(file);
+      } catch (const H5::Exception& err) {
+        throw shard_error_from(temp_path, "writing the " + what + " failed", err);
+      }
+    }
+    fsync_path(temp_path, O_RDONLY);
+    std::filesystem::rename(temp_path, path);
+  } catch (const std::filesystem::filesystem_error& err) {
+    remove_file_quietly(temp_path);
+    throw fail(err.what());
+  } catch (...) {
+    remove_file_quietly(temp_path);
+    throw;
+  }
+  const std::filesystem::path parent = std::filesystem::path(path).parent_path();
+  fsync_path(parent.empty() ? "." : parent.string(), O_RDONLY | O_DIRECTORY);
+}
+
+// A chunked dataset of `dims`, chunks of kChunkSamples rows.
+H5::DataSet create_row_chunked(H5::H5File& file, const char* name, const H5::DataType& type,
+                               std::vector<hsize_t> dims) {
+  std::vector<hsize_t> chunk = dims;
+  chunk[0] = std::min<hsize_t>(dims[0], kChunkSamples);
+  H5::DSetCreatPropList props;
+  props.setChunk(static_cast<int>(chunk.size()), chunk.data());
+  return file.createDataSet(name, type, H5::DataSpace(static_cast<int>(dims.size()), dims.data()), props);
 }
 
 }  // namespace
@@ -206,77 +252,72 @@ void write_text_embeddings(const std::string& path, const TextEmbeddings& e) {
                std::to_string(e.null_states.size()) + ", " + std::to_string(e.null_mask.size()) + ", " +
                std::to_string(e.null_pooled.size()) + "), which do not fit");
   }
-  const std::string temp_path = path + ".tmp";
-  try {
-    std::filesystem::copy_file(path, temp_path, std::filesystem::copy_options::overwrite_existing);
-  } catch (const std::filesystem::filesystem_error& err) {
-    remove_file_quietly(temp_path);
-    throw fail(std::string("cannot copy to ") + temp_path + ": " + err.what());
-  }
-  try {
-    {
-      auto lock = lock_hdf5();
-      try {
-        H5::H5File file(temp_path, H5F_ACC_RDWR);
-        if (!has_dataset(file, kImagesDataset)) throw fail(std::string("dataset '") + kImagesDataset + "' is missing");
-        const std::vector<hsize_t> image_dims = dataset_shape(file.openDataSet(kImagesDataset));
-        if (image_dims.empty() || image_dims[0] != static_cast<hsize_t>(e.count)) {
-          throw fail("holds " + (image_dims.empty() ? std::string("no") : std::to_string(image_dims[0])) +
-                     " images, but " + std::to_string(e.count) + " text embeddings were given");
-        }
-        for (const char* name : {kTextStatesDataset, kTextMaskDataset, kTextPooledDataset, kTextNullStatesDataset,
-                                 kTextNullMaskDataset, kTextNullPooledDataset}) {
-          unlink_if_present(file, name);
-        }
-        for (const char* name : {kTextEncoderAttribute, kTextTokenizerAttribute}) {
-          if (file.attrExists(name)) file.removeAttr(name);
-        }
-        const auto rows = static_cast<hsize_t>(e.count), l = static_cast<hsize_t>(shape.tokens),
-                   d = static_cast<hsize_t>(shape.width);
-        const hsize_t chunk_rows = std::min<hsize_t>(rows, kChunkSamples);
-        const H5::FloatType half = float16_type();
-        const auto create = [&](const char* name, const H5::DataType& type, std::vector<hsize_t> dims) {
-          std::vector<hsize_t> chunk = dims;
-          chunk[0] = chunk_rows;
-          H5::DSetCreatPropList props;
-          props.setChunk(static_cast<int>(chunk.size()), chunk.data());
-          return file.createDataSet(name, type, H5::DataSpace(static_cast<int>(dims.size()), dims.data()), props);
-        };
-        // float16 is written with the file type as memory type: the bits go in unconverted.
-        create(kTextStatesDataset, half, {rows, l, d}).write(e.states.data(), half);  // (N, L, D)
-        create(kTextMaskDataset, H5::PredType::STD_U8LE, {rows, l}).write(e.mask.data(), H5::PredType::NATIVE_UINT8);
-        if (shape.pooled_width > 0) {
-          create(kTextPooledDataset, half, {rows, static_cast<hsize_t>(shape.pooled_width)})
-              .write(e.pooled.data(), half);  // (N, D')
-        }
-        if (shape.has_null) {
-          file.createDataSet(kTextNullStatesDataset, half, H5::DataSpace(3, std::vector<hsize_t>{1, l, d}.data()))
-              .write(e.null_states.data(), half);  // (1, L, D)
-          file.createDataSet(kTextNullMaskDataset, H5::PredType::STD_U8LE, H5::DataSpace(2, std::vector<hsize_t>{1, l}.data()))
-              .write(e.null_mask.data(), H5::PredType::NATIVE_UINT8);  // (1, L)
-          if (shape.pooled_width > 0) {
-            const std::vector<hsize_t> dims = {1, static_cast<hsize_t>(shape.pooled_width)};
-            file.createDataSet(kTextNullPooledDataset, half, H5::DataSpace(2, dims.data()))
-                .write(e.null_pooled.data(), half);  // (1, D')
-          }
-        }
-        write_string_attribute(file, kTextEncoderAttribute, e.encoder);
-        write_string_attribute(file, kTextTokenizerAttribute, e.tokenizer);
-      } catch (const H5::Exception& err) {
-        throw shard_error_from(temp_path, "writing the text embeddings failed", err);
+  rewrite_shard(path, e.count, "text embeddings", [&](H5::H5File& file) {
+    for (const char* name : {kTextStatesDataset, kTextMaskDataset, kTextPooledDataset, kTextNullStatesDataset,
+                             kTextNullMaskDataset, kTextNullPooledDataset}) {
+      unlink_if_present(file, name);
+    }
+    for (const char* name : {kTextEncoderAttribute, kTextTokenizerAttribute, kTextNullAttribute}) {
+      if (file.attrExists(name)) file.removeAttr(name);
+    }
+    const auto rows = static_cast<hsize_t>(e.count), l = static_cast<hsize_t>(shape.tokens),
+               d = static_cast<hsize_t>(shape.width);
+    const H5::FloatType half = float16_type();
+    const auto create = [&](const char* name, const H5::DataType& type, std::vector<hsize_t> dims) {
+      return create_row_chunked(file, name, type, std::move(dims));
+    };
+    // float16 is written with the file type as memory type: the bits go in unconverted.
+    create(kTextStatesDataset, half, {rows, l, d}).write(e.states.data(), half);  // (N, L, D)
+    create(kTextMaskDataset, H5::PredType::STD_U8LE, {rows, l}).write(e.mask.data(), H5::PredType::NATIVE_UINT8);
+    if (shape.pooled_width > 0) {
+      create(kTextPooledDataset, half, {rows, static_cast<hsize_t>(shape.pooled_width)})
+          .write(e.pooled.data(), half);  // (N, D')
+    }
+    if (shape.has_null) {
+      file.createDataSet(kTextNullStatesDataset, half, H5::DataSpace(3, std::vector<hsize_t>{1, l, d}.data()))
+          .write(e.null_states.data(), half);  // (1, L, D)
+      file.createDataSet(kTextNullMaskDataset, H5::PredType::STD_U8LE, H5::DataSpace(2, std::vector<hsize_t>{1, l}.data()))
+          .write(e.null_mask.data(), H5::PredType::NATIVE_UINT8);  // (1, L)
+      if (shape.pooled_width > 0) {
+        const std::vector<hsize_t> dims = {1, static_cast<hsize_t>(shape.pooled_width)};
+        file.createDataSet(kTextNullPooledDataset, half, H5::DataSpace(2, dims.data()))
+            .write(e.null_pooled.data(), half);  // (1, D')
       }
     }
-    fsync_path(temp_path, O_RDONLY);
-    std::filesystem::rename(temp_path, path);
-  } catch (const std::filesystem::filesystem_error& err) {
-    remove_file_quietly(temp_path);
-    throw fail(err.what());
-  } catch (...) {
-    remove_file_quietly(temp_path);
-    throw;
+    write_string_attribute(file, kTextEncoderAttribute, e.encoder);
+    write_string_attribute(file, kTextTokenizerAttribute, e.tokenizer);
+    if (!e.null_kind.empty()) write_string_attribute(file, kTextNullAttribute, e.null_kind);
+  });
+}
+
+void write_latents(const std::string& path, const Latents& latents) {
+  const LatentShape& shape = latents.info.shape;
+  if (latents.count < 1 || shape.values() < 1 || shape.channels < 1 || shape.height < 1 || shape.width < 1) {
+    throw ShardError("shard " + path + ": cannot write latents of " + std::to_string(latents.count) + " samples of " +
+                     to_string(shape));
   }
-  const std::filesystem::path parent = std::filesystem::path(path).parent_path();
-  fsync_path(parent.empty() ? "." : parent.string(), O_RDONLY | O_DIRECTORY);
+  if (latents.values.size() != static_cast<size_t>(latents.count) * static_cast<size_t>(shape.values())) {
+    throw ShardError("shard " + path + ": latents of " + std::to_string(latents.count) + " samples of " +
+                     to_string(shape) + " hold " + std::to_string(latents.values.size()) + " values, which do not fit");
+  }
+  if (!std::isfinite(latents.info.scale) || latents.info.scale <= 0 || !std::isfinite(latents.info.shift)) {
+    throw ShardError("shard " + path + ": latent scale must be finite and > 0 and the shift finite");
+  }
+  rewrite_shard(path, latents.count, "latents", [&](H5::H5File& file) {
+    unlink_if_present(file, kLatentsDataset);
+    for (const char* name : {kLatentEncoderAttribute, kLatentScaleAttribute, kLatentShiftAttribute}) {
+      if (file.attrExists(name)) file.removeAttr(name);
+    }
+    const H5::FloatType type = shape.dtype == LatentDtype::kFloat16 ? float16_type() : bfloat16_type();
+    // Written with the file type as memory type: the bits go in unconverted.
+    create_row_chunked(file, kLatentsDataset, type,
+                       {static_cast<hsize_t>(latents.count), static_cast<hsize_t>(shape.channels),
+                        static_cast<hsize_t>(shape.height), static_cast<hsize_t>(shape.width)})
+        .write(latents.values.data(), type);  // (N, c, h, w)
+    write_string_attribute(file, kLatentEncoderAttribute, latents.info.encoder);
+    write_double_attribute(file, kLatentScaleAttribute, latents.info.scale);
+    write_double_attribute(file, kLatentShiftAttribute, latents.info.shift);
+  });
 }
 
 }  // namespace difftrain::data

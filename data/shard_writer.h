@@ -73,6 +73,7 @@ struct TextEmbeddings {
   std::vector<uint16_t> null_pooled;  // (1, D')
   std::string encoder;            // the `text_encoder` attribute
   std::string tokenizer;          // the `text_tokenizer` attribute
+  std::string null_kind;          // the `text_null` attribute: "empty" or "zeros" (the null rows' kind); "" = none
 };
 
 // Rewrites the shard at `path` with these embeddings, atomically: the file is
@@ -82,5 +83,17 @@ struct TextEmbeddings {
 // directory. Throws ShardError naming the shard when the sizes disagree with
 // the shard's N or with each other, or on any I/O failure (leaving the shard as it was).
 void write_text_embeddings(const std::string& path, const TextEmbeddings& embeddings);
+
+// The latents of every sample of one shard, as `difftrain encode-images` adds them
+// (docs/LATENTS.md).
+struct Latents {
+  LatentInfo info;              // shape, dtype, encoder, scale, shift
+  int64_t count = 0;            // N, must equal the shard's
+  std::vector<uint16_t> values;  // (N, c, h, w) 16-bit float bits in info.shape.dtype
+};
+
+// Rewrites the shard at `path` with these latents, atomically, as write_text_embeddings does:
+// any latents already there are replaced, everything else stays byte-identical.
+void write_latents(const std::string& path, const Latents& latents);
 
 }  // namespace difftrain::data

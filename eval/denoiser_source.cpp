@@ -29,14 +29,7 @@ LoadedCheckpoint load_ema(const std::string& path) {
   LoadedCheckpoint c;
   c.dir = resolve_checkpoint(path);
   c.config = parse_saved_config(read_checkpoint_config(c.dir), c.dir + "/config.yaml", nullptr, nullptr);
-  // The denoiser interface (sampling, export, evaluation) feeds caption tokens to the
-  // built-in text encoder; a model on precomputed embeddings would need the frozen encoder.
-  if (c.config.model.conditioning != "builtin")
-    throw std::runtime_error("checkpoint " + c.dir + " was trained with model.conditioning=" +
-                             c.config.model.conditioning +
-                             " (precomputed text embeddings): sampling, export and evaluation of such models "
-                             "are not supported yet (docs/CONDITIONING.md)");
-  c.net = model::UNet(unet_options_from(c.config.model, c.config.data.image_size, c.config.data.channels));
+  c.net = model::UNet(unet_options_from(c.config.model, model_input_size(c.config), model_input_channels(c.config)));
   load_ema_weights(c.dir, *c.net);
   c.net->eval();
   return c;
@@ -50,25 +43,60 @@ LoadedCheckpoint load_ema(const std::string& path) {
 
 DenoiserSource denoiser_from_model(model::UNet net, const Config& config, const std::string& description) {
   DenoiserSource s;
-  s.network = [net](const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& tokens) mutable {
-    return net->forward(x, t, tokens);
-  };
+  if (config.model.conditioning == "precomputed") {
+    const auto& m = config.model;
+    s.text = TextConditioning{m.max_tokens, m.context_dim, m.pooled_dim, m.text_encoder, m.text_null, description};
+    s.network = [net, text = *s.text](const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& rows) mutable {
+      return net->forward(x, t, unpack_conditions(rows, text.tokens, text.width, text.pooled_width));
+    };
+  } else {
+    s.network = [net](const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& tokens) mutable {
+      return net->forward(x, t, tokens);
+    };
+  }
   s.prediction = diffusion::parse_prediction(config.diffusion.prediction);
   s.schedule = diffusion::make_schedule(config.diffusion.schedule, config.diffusion.timesteps);
-  s.image_size = config.data.image_size;
-  s.channels = config.data.channels;
+  s.image_size = model_input_size(config);
+  s.channels = model_input_channels(config);
   s.max_tokens = config.model.max_tokens;
+  s.latents = config.data.latents;
   s.description = description;
   return s;
 }
 
-DenoiserSource load_checkpoint_denoiser(const std::string& path) {
+int64_t output_channels(const DenoiserSource& source) {
+  return source.decoder ? source.decoder->vae->output_shape()[0] : source.channels;
+}
+
+int64_t output_size(const DenoiserSource& source) {
+  return source.decoder ? source.decoder->vae->output_shape()[1] : source.image_size;
+}
+
+void attach_latent_decoder(DenoiserSource* source, const Config& config, const std::string& path,
+                           const std::string& option) {
+  if (!config.data.latents) {
+    if (!path.empty())
+      throw std::runtime_error(option + " " + path + ": " + source->description +
+                               " diffuses images (data.latents=false), not latents: it needs no VAE decoder");
+    return;
+  }
+  if (path.empty())
+    throw std::runtime_error(source->description + " diffuses latents (data.latents=true, from " +
+                             config.data.latent_encoder + "): pass the VAE decoder that turns them into images with " +
+                             option + " (docs/LATENTS.md)");
+  source->decoder = load_latent_decoder(path, config);
+  // The decoder makes the images too: results keyed by the source change with it.
+  if (!source->identity.empty()) source->identity += " vae-decoder sha256=" + source->decoder->vae->sha256();
+}
+
+DenoiserSource load_checkpoint_denoiser(const std::string& path, const std::string& vae_decoder) {
   auto c = load_ema(path);
   auto source = denoiser_from_model(c.net, c.config, "checkpoint " + c.dir);
   // The weights and the config (schedule, prediction) make the images, not the directory's name.
   Sha256 h;
   h.text(sha256_of_module(*c.net)).text(read_checkpoint_config(c.dir));
   source.identity = "checkpoint step=" + std::to_string(read_training_state(c.dir).step) + " sha256=" + h.hex();
+  attach_latent_decoder(&source, c.config, vae_decoder, "--vae-decoder");
   return source;
 }
 
@@ -124,13 +152,25 @@ void probe_forward(const std::string& path, torch::jit::Module& module, const De
   const int64_t C = s.channels, H = s.image_size;
   const auto x = torch::linspace(-2.0, 2.0, 2 * C * H * H, torch::kFloat32).reshape({2, C, H, H});
   const auto t = torch::tensor({int64_t{0}, s.schedule.timesteps - 1}, torch::kInt64);
-  const auto tokens = torch::zeros({2, s.max_tokens}, torch::kInt64);
+  std::vector<torch::jit::IValue> inputs = {x, t};
+  std::string condition;
+  if (s.text) {
+    const int64_t L = s.text->tokens, D = s.text->width, P = s.text->pooled_width;
+    inputs.push_back(torch::zeros({2, L, D}));
+    inputs.push_back(torch::ones({2, L}, torch::kBool));
+    if (P > 0) inputs.push_back(torch::zeros({2, P}));
+    condition = "context (2, " + std::to_string(L) + ", " + std::to_string(D) + "), mask (2, " + std::to_string(L) +
+                ")" + (P > 0 ? ", pooled (2, " + std::to_string(P) + ")" : "");
+  } else {
+    inputs.push_back(torch::zeros({2, s.max_tokens}, torch::kInt64));
+    condition = "tokens (2, " + std::to_string(s.max_tokens) + ")";
+  }
   const std::string batch = "a probe batch x_t (2, " + std::to_string(C) + ", " + std::to_string(H) + ", " +
-                            std::to_string(H) + "), t = (0, " + std::to_string(s.schedule.timesteps - 1) +
-                            "), tokens (2, " + std::to_string(s.max_tokens) + ")";
+                            std::to_string(H) + "), t = (0, " + std::to_string(s.schedule.timesteps - 1) + "), " +
+                            condition;
   torch::jit::IValue out;
   try {
-    out = module.forward({x, t, tokens});
+    out = module.forward(inputs);
   } catch (const c10::Error& e) {
     bad_model(path, "forward on " + batch + " failed: " + last_line(e.what_without_backtrace()));
   } catch (const std::exception& e) {
@@ -185,10 +225,34 @@ DenoiserSource load_torchscript_denoiser(const std::string& path, int64_t image_
   if (max_tokens > 0) s.max_tokens = max_tokens;
   if (s.image_size <= 0) bad_model(path, "carries no 'image_shape': pass --image-size");
   if (s.max_tokens <= 0) bad_model(path, "carries no 'max_tokens': pass --max-tokens");
+  // A denoiser of precomputed embeddings declares their widths; it records no encoder identity.
+  if (module->hasattr("context_dim")) {
+    check_integer_attribute(path, *module, "context_dim", 1);
+    if (!module->hasattr("pooled_dim")) bad_model(path, "has 'context_dim' but no 'pooled_dim' (0 for none)");
+    check_integer_attribute(path, *module, "pooled_dim", 1);
+    TextConditioning text;
+    text.tokens = s.max_tokens;
+    text.width = module->attr("context_dim").toTensor().to(torch::kInt64).item<int64_t>();
+    text.pooled_width = module->attr("pooled_dim").toTensor().to(torch::kInt64).item<int64_t>();
+    text.origin = "TorchScript denoiser " + path;
+    if (text.width < 1 || text.width > 65536 || text.pooled_width < 0 || text.pooled_width > 65536)
+      bad_model(path, "'context_dim' = " + std::to_string(text.width) + ", 'pooled_dim' = " +
+                          std::to_string(text.pooled_width) + ": expected 1..65536 and 0..65536");
+    s.text = text;
+  }
   probe_forward(path, *module, s);
-  s.network = [module](const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& tokens) {
-    return module->forward({x, t, tokens}).toTensor();
-  };
+  if (s.text) {
+    s.network = [module, text = *s.text](const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& rows) {
+      const auto c = unpack_conditions(rows, text.tokens, text.width, text.pooled_width);
+      std::vector<torch::jit::IValue> inputs = {x, t, c.context, c.mask};
+      if (c.pooled.defined()) inputs.push_back(c.pooled);
+      return module->forward(inputs).toTensor();
+    };
+  } else {
+    s.network = [module](const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& tokens) {
+      return module->forward({x, t, tokens}).toTensor();
+    };
+  }
   s.description = "TorchScript " + path;
   s.identity = "torchscript sha256=" + sha256_of_file(path);
   return s;
@@ -208,26 +272,43 @@ DenoiserSource with_precision(DenoiserSource source, const std::string& precisio
 }
 
 void export_denoiser(const std::string& path, const std::string& out) {
-  auto c = load_ema(path);
-  const auto schedule = diffusion::make_schedule(c.config.diffusion.schedule, c.config.diffusion.timesteps);
-  const auto prediction = diffusion::parse_prediction(c.config.diffusion.prediction);
+  const auto c = load_ema(path);
+  export_denoiser(c.net, c.config, out);
+}
+
+void export_denoiser(model::UNet net, const Config& config, const std::string& out) {
+  const auto schedule = diffusion::make_schedule(config.diffusion.schedule, config.diffusion.timesteps);
+  const auto prediction = diffusion::parse_prediction(config.diffusion.prediction);
   // Tensors the traced forward reads must be the very ones registered as buffers.
   auto alphas_cumprod = schedule.alphas_cumprod.clone();
   diffusion::NoiseSchedule traced_schedule = schedule;
   traced_schedule.alphas_cumprod = alphas_cumprod;
-  const int64_t H = c.config.data.image_size, C = c.config.data.channels, L = c.config.model.max_tokens;
-  auto net = c.net;
+  // A latent model's denoiser works on latents; its VAE decoder is a file of its own (docs/LATENTS.md).
+  const int64_t H = model_input_size(config), C = model_input_channels(config), L = config.model.max_tokens;
+  const bool precomputed = config.model.conditioning == "precomputed";
+  const int64_t D = config.model.context_dim, P = config.model.pooled_dim;
   model::TracedForward forward = [&](const std::vector<torch::Tensor>& in) {
-    auto output = net->forward(in[0], in[1], in[2]);
+    auto output = precomputed ? net->forward(in[0], in[1], model::Conditioning{in[2], in[3], P > 0 ? in[4] : torch::Tensor()})
+                              : net->forward(in[0], in[1], in[2]);
     return diffusion::output_to_eps(prediction, traced_schedule, output, in[0], in[1]);
   };
-  const std::vector<torch::Tensor> example = {torch::randn({2, C, H, H}), torch::tensor({int64_t{0}, schedule.timesteps - 1}, torch::kInt64),
-                                              torch::zeros({2, L}, torch::kInt64)};
-  model::export_torchscript(*net, "Denoiser", forward, example,
-                            {{"alphas_cumprod", alphas_cumprod},
-                             {"image_shape", torch::tensor({C, H, H}, torch::kInt64)},
-                             {"max_tokens", torch::tensor(L, torch::kInt64)}},
-                            out);
+  std::vector<torch::Tensor> example = {torch::randn({2, C, H, H}),
+                                        torch::tensor({int64_t{0}, schedule.timesteps - 1}, torch::kInt64)};
+  std::vector<std::pair<std::string, torch::Tensor>> attributes = {
+      {"alphas_cumprod", alphas_cumprod},
+      {"image_shape", torch::tensor({C, H, H}, torch::kInt64)},
+      {"max_tokens", torch::tensor(L, torch::kInt64)}};
+  if (precomputed) {
+    // The second row's mask has padding, so the trace covers masked keys.
+    example.push_back(torch::randn({2, L, D}));
+    example.push_back(torch::arange(L).lt(torch::tensor({L, (L + 1) / 2}).unsqueeze(1)));
+    if (P > 0) example.push_back(torch::randn({2, P}));
+    attributes.push_back({"context_dim", torch::tensor(D, torch::kInt64)});
+    attributes.push_back({"pooled_dim", torch::tensor(P, torch::kInt64)});
+  } else {
+    example.push_back(torch::zeros({2, L}, torch::kInt64));
+  }
+  model::export_torchscript(*net, "Denoiser", forward, example, attributes, out);
 }
 
 }  // namespace difftrain::eval

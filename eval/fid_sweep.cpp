@@ -24,6 +24,7 @@
 #include "eval/image_io.h"
 #include "eval/plot.h"
 #include "eval/prompts.h"
+#include "model/frozen_text_encoder.h"
 #include "monitoring/job_push.h"
 #include "monitoring/progress.h"
 #include "eval/sample_job.h"
@@ -256,29 +257,30 @@ void write_summaries(const SweepOptions& o, std::vector<nlohmann::json> rows) {
 }
 
 // Same prompts and seeds through the reference and the shortcut samplers, side by side.
-void write_comparison(const SweepOptions& o, const DenoiserSource& source) {
+void write_comparison(const SweepOptions& o, const DenoiserSource& source, const PromptSet& prompts) {
   const int64_t n = o.compare_steps > 0 ? o.compare_steps : *std::min_element(o.steps.begin(), o.steps.end());
   const std::vector<std::pair<std::string, std::string>> columns = {
       {"ddpm", "DDPM all T"}, {"ddpm-naive", "naive DDPM"}, {"ddpm-respaced", "respaced DDPM"},
       {"ddim", "DDIM"},      {"dpm-solver++2m", "DPM++(2M)"}};
-  std::vector<std::string> captions, row_labels;
+  std::vector<std::string> row_labels;
+  std::vector<int64_t> indices;
   std::vector<uint64_t> seeds;
   for (int64_t i = 0; i < o.compare_rows; ++i) {
-    captions.push_back(o.prompts[i % o.prompts.size()]);
+    indices.push_back(i % static_cast<int64_t>(prompts.size()));
     seeds.push_back(o.seed + static_cast<uint64_t>(i));
-    row_labels.push_back(captions.back());
+    row_labels.push_back(prompts.captions[static_cast<size_t>(indices.back())]);
   }
   for (double w : o.guidance) {
     std::vector<std::vector<Image>> images;
     std::vector<std::string> titles;
     for (const auto& [name, title] : columns) {
       const auto spec = diffusion::evaluation_spec(name, n, o.eta.front());
-      const auto x = generate_images(source, spec, w, captions, seeds);
+      const auto x = generate_prompt_images(source, spec, w, prompts, indices, seeds);
       const auto pixels = tensor_to_images(x);
-      const int64_t H = source.image_size, bytes = H * H * source.channels;
+      const int64_t H = output_size(source), C = output_channels(source), bytes = H * H * C;
       std::vector<Image> column;
-      for (int64_t k = 0; k < static_cast<int64_t>(captions.size()); ++k)
-        column.push_back(image_from_hwc(pixels.data() + k * bytes, H, H, source.channels));
+      for (int64_t k = 0; k < static_cast<int64_t>(indices.size()); ++k)
+        column.push_back(image_from_hwc(pixels.data() + k * bytes, H, H, C));
       images.push_back(std::move(column));
       titles.push_back(title + ", " + std::to_string(diffusion::sampler_nfe(spec, source.schedule)) + " NFE");
     }
@@ -289,10 +291,10 @@ void write_comparison(const SweepOptions& o, const DenoiserSource& source) {
 
 }  // namespace
 
-FidPointResult fid_point(const DenoiserSource& source, const FidPoint& point, const std::vector<std::string>& prompts,
+FidPointResult fid_point(const DenoiserSource& source, const FidPoint& point, const PromptSet& prompts,
                          int64_t samples, uint64_t seed, int64_t batch_size, FeatureExtractor& extractor,
                          const GaussianStats& reference, Communicator* comm, bool show_progress) {
-  if (prompts.empty()) throw std::invalid_argument("FID point: no prompts");
+  if (prompts.size() == 0) throw std::invalid_argument("FID point: no prompts");
   if (samples < 2) throw std::invalid_argument("FID point: needs at least 2 samples");
   diffusion::validate(point.sampler, source.schedule);
   const auto start = Clock::now();
@@ -308,10 +310,10 @@ FidPointResult fid_point(const DenoiserSource& source, const FidPoint& point, co
         samples, 10.0);
   for (size_t begin = 0; begin < mine.size(); begin += static_cast<size_t>(batch_size)) {
     const size_t end = std::min(mine.size(), begin + static_cast<size_t>(batch_size));
-    std::vector<std::string> captions;
+    std::vector<int64_t> indices;
     std::vector<uint64_t> seeds;
     for (size_t k = begin; k < end; ++k) {
-      captions.push_back(prompts[mine[k] % prompts.size()]);
+      indices.push_back(mine[k] % static_cast<int64_t>(prompts.size()));
       seeds.push_back(seed + static_cast<uint64_t>(mine[k]));
     }
     // Rank 0's share scaled to the whole point (the shares are equal to within one image).
@@ -321,7 +323,7 @@ FidPointResult fid_point(const DenoiserSource& source, const FidPoint& point, co
                                   (static_cast<double>(begin) + fraction * static_cast<double>(end - begin)) * world));
     };
     stats.add(extractor.features(
-        to_unit_range(generate_images(source, point.sampler, point.guidance, captions, seeds, report))));
+        to_unit_range(generate_prompt_images(source, point.sampler, point.guidance, prompts, indices, seeds, report))));
   }
   if (comm) {
     auto& buffer = stats.buffer();
@@ -382,19 +384,76 @@ void validate_sweep_options(const SweepOptions& o) {
   if (o.reference_limit < 0)
     bad_sweep_option("--reference-limit", std::to_string(o.reference_limit), "0 (all) or a positive count");
   for (size_t i = 0; i < o.prompts.size(); ++i) check_prompt(o.prompts[i], "sweep: prompt " + std::to_string(i + 1));
+  if (!o.prompt_embeddings.empty() && (!o.prompts.empty() || !o.captions_from.empty()))
+    throw std::invalid_argument("sweep: --prompt-embeddings " + o.prompt_embeddings +
+                                " brings its own prompts: give no --prompt, --prompt-file or --captions-from with it");
+  if (!o.prompt_embeddings.empty() && !o.text_encoder.empty())
+    throw std::invalid_argument("sweep: give --text-encoder or --prompt-embeddings, not both");
+  if (!o.tokenizer.empty() && o.text_encoder.empty())
+    throw std::invalid_argument("sweep: --tokenizer " + o.tokenizer + " is for --text-encoder, which is not given");
   if (o.out_dir.empty()) throw std::invalid_argument("sweep: --out names no directory");
 }
+
+namespace {
+
+// The sweep's prompts as `source` takes them: captions for a model with its own text encoder; for a
+// precomputed-conditioning one, the prompt-embeddings file, the prompts run through --text-encoder,
+// or the stored embeddings of the shard set `prompts_from` the captions came from.
+PromptSet sweep_prompts(const SweepOptions& o, const DenoiserSource& source, const std::string& prompts_from) {
+  if (!source.text) {
+    if (!o.text_encoder.empty() || !o.prompt_embeddings.empty())
+      throw std::invalid_argument("sweep: " +
+                                  std::string(o.text_encoder.empty() ? "--prompt-embeddings" : "--text-encoder") +
+                                  " is for models trained on precomputed text embeddings "
+                                  "(model.conditioning=precomputed); " +
+                                  source.description + " has its own text encoder");
+    return PromptSet(o.prompts);
+  }
+  const TextConditioning& text = *source.text;
+  PromptEmbeddings e;
+  if (!o.prompt_embeddings.empty()) {
+    e = read_prompt_embeddings(o.prompt_embeddings);
+    for (size_t i = 0; i < e.captions.size(); ++i)
+      check_prompt(e.captions[i], "sweep: " + e.source + ": caption " + std::to_string(i));
+  } else if (!o.text_encoder.empty()) {
+    const model::FrozenTextEncoder encoder(o.text_encoder,
+                                           model::make_text_tokenizer(o.tokenizer.empty() ? "bytes" : o.tokenizer));
+    check_encoder_for_model(encoder, o.text_encoder, text);
+    e = encode_prompts(encoder, o.prompts, text.null_kind == "zeros" ? "zeros" : "empty", o.batch_size);
+  } else if (!prompts_from.empty()) {
+    // Only the captions images use: image i takes caption i % P.
+    try {
+      e = shard_set_prompt_embeddings(prompts_from, o.seed, std::max(o.samples, o.compare_rows));
+    } catch (const std::exception& err) {
+      throw std::runtime_error("sweep: " + source.description +
+                               " was trained on precomputed text embeddings (model.conditioning=precomputed), so its "
+                               "prompts need embeddings: " + err.what() +
+                               ", or pass --text-encoder or --prompt-embeddings");
+    }
+  } else {
+    throw std::invalid_argument("sweep: " + source.description +
+                                " was trained on precomputed text embeddings (model.conditioning=precomputed): pass "
+                                "--text-encoder ENCODER.pt (the encoder it was trained with) or --prompt-embeddings "
+                                "FILE.h5, or take the prompts from a shard set with embeddings (--captions-from)");
+  }
+  resolve_for_model(e, text);
+  return PromptSet(std::move(e));
+}
+
+}  // namespace
 
 SweepCounts run_sweep(const SweepOptions& input, Communicator* comm) {
   validate_sweep_options(input);
   SweepOptions o = input;
   const bool lead = !comm || comm->rank() == 0;
-  if (o.prompts.empty()) {
+  std::string prompts_from;  // the shard set whose captions are the prompts, if any
+  if (o.prompts.empty() && o.prompt_embeddings.empty()) {
     // The held-out set's own captions when the reference is a shard set.
     const bool reference_is_shards = !is_gaussian_stats_file(o.reference) && fs::is_directory(o.reference) &&
                                      !fs::exists(fs::path(o.reference) / "manifest.jsonl");
     const std::string from = !o.captions_from.empty() ? o.captions_from : reference_is_shards ? o.reference : "";
     o.prompts = from.empty() ? synthetic_prompts() : shard_set_prompts(from, o.seed);
+    prompts_from = from;
     if (o.prompts.empty()) throw std::invalid_argument("sweep: " + from + " holds no captions to use as prompts");
     for (size_t i = 0; i < o.prompts.size(); ++i)
       check_prompt(o.prompts[i], "sweep: caption " + std::to_string(i) + " of " + from);
@@ -403,7 +462,9 @@ SweepCounts run_sweep(const SweepOptions& input, Communicator* comm) {
   }
   if (lead) fs::create_directories(o.out_dir);
   if (comm) comm->barrier("sweep: output directory made");
-  const DenoiserSource source = with_precision(o.model_file.empty() ? load_checkpoint_denoiser(o.checkpoint)
+  if (!o.vae_decoder.empty() && o.checkpoint.empty())
+    bad_sweep_option("--vae-decoder", o.vae_decoder, "only with --checkpoint (its config holds the latents' scale and shift)");
+  const DenoiserSource source = with_precision(o.model_file.empty() ? load_checkpoint_denoiser(o.checkpoint, o.vae_decoder)
                                                                     : load_torchscript_denoiser(o.model_file, 0, 0),
                                                o.precision);
   const int64_t T = source.schedule.timesteps;
@@ -411,13 +472,16 @@ SweepCounts run_sweep(const SweepOptions& input, Communicator* comm) {
     if (n > T) bad_sweep_option("--steps", std::to_string(n), "at most the model's " + std::to_string(T) + " timesteps (" + source.description + ")");
   if (o.compare_steps > T)
     bad_sweep_option("--compare-steps", std::to_string(o.compare_steps), "at most the model's " + std::to_string(T) + " timesteps");
+  const PromptSet prompts = sweep_prompts(o, source, prompts_from);
   FeatureExtractor extractor(o.extractor);
   const GaussianStats reference = reference_stats(o, extractor, comm);
 
   SweepInputs inputs;
   inputs.model = source.identity;
   Sha256 prompt_digest;
-  for (const auto& p : o.prompts) prompt_digest.text(p);
+  for (const auto& p : prompts.captions) prompt_digest.text(p);
+  // A precomputed model's images depend on the embeddings and null condition, not only the captions.
+  if (prompts.embeddings) prompt_digest.text(digest_of(*prompts.embeddings));
   inputs.prompts = prompt_digest.hex();
   inputs.reference =
       Sha256().integer(reference.count).tensor(reference.mean).tensor(reference.covariance).hex();
@@ -463,7 +527,7 @@ SweepCounts run_sweep(const SweepOptions& input, Communicator* comm) {
       spdlog::info("sweep [{}/{}] {} steps={} eta={} w={}: stored point made from other inputs (model, prompts, "
                    "reference, extractor or seed): recomputing",
                    index, points.size(), p.sampler.name, p.sampler.steps, p.sampler.eta, p.guidance);
-    const auto r = fid_point(source, p, o.prompts, o.samples, o.seed, o.batch_size, extractor, reference, comm, true);
+    const auto r = fid_point(source, p, prompts, o.samples, o.seed, o.batch_size, extractor, reference, comm, true);
     if (o.push) {
       if (lead) o.push->record_fid(p.sampler.name, p.sampler.steps, p.guidance, p.sampler.eta, r.fid);
       o.push->progress(static_cast<double>(index) * o.samples, static_cast<int64_t>(points.size()) * o.samples);
@@ -495,7 +559,7 @@ SweepCounts run_sweep(const SweepOptions& input, Communicator* comm) {
                    "stay in results.jsonl but are left out of the summaries",
                    rows.size() - current.size());
     write_summaries(o, current);
-    if (o.compare_rows > 0) write_comparison(o, source);
+    if (o.compare_rows > 0) write_comparison(o, source, prompts);
     spdlog::info("sweep: {} points: {} reused, {} recomputed (inputs changed), {} new; results in {}", points.size(),
                  counts.reused, counts.recomputed, counts.added, o.out_dir);
   }

@@ -13,6 +13,7 @@
 #include "eval/denoiser_source.h"
 #include "eval/feature_extractor.h"
 #include "eval/fid.h"
+#include "eval/prompt_set.h"
 
 namespace difftrain {
 class Communicator;
@@ -36,13 +37,14 @@ struct FidPointResult {
   double seconds = 0;    // wall time of generation + features, slowest rank
 };
 
-// Collective over `comm` (nullptr: this process alone).
-FidPointResult fid_point(const DenoiserSource& source, const FidPoint& point, const std::vector<std::string>& prompts,
+// Collective over `comm` (nullptr: this process alone). Image i uses prompts row i % P.
+FidPointResult fid_point(const DenoiserSource& source, const FidPoint& point, const PromptSet& prompts,
                          int64_t samples, uint64_t seed, int64_t batch_size, FeatureExtractor& extractor,
                          const GaussianStats& reference, Communicator* comm, bool show_progress = false);
 
 struct SweepOptions {
   std::string checkpoint, model_file;  // one of them (eval/denoiser_source.h)
+  std::string vae_decoder;             // latent models (data.latents): their TorchScript VAE decoder
   std::string extractor;               // TorchScript feature extractor
   std::string reference;               // stats .h5, shard directory or sample folder
   std::vector<std::string> samplers = {"ddpm", "ddpm-naive", "ddpm-respaced", "ddim", "dpm-solver-2",
@@ -57,6 +59,10 @@ struct SweepOptions {
   // Shard set whose captions (seeded order) are the prompts when none are given;
   // empty: the reference set's if it is a shard directory, else the built-in list.
   std::string captions_from;
+  // Models trained on precomputed text embeddings (docs/CONDITIONING.md "Sampling"): the prompts above
+  // embedded by this TorchScript encoder (tokenizer "" = bytes), or the prompts and their embeddings
+  // from this file; with neither, the shard set of captions_from / the reference must carry embeddings.
+  std::string text_encoder, tokenizer, prompt_embeddings;
   std::string out_dir;
   int64_t compare_steps = 0;           // step count of the side-by-side grid (0: the smallest in `steps`)
   int64_t compare_rows = 6;           // 0: no side-by-side grid (it runs full DDPM, the slow column)
@@ -89,7 +95,8 @@ struct SweepCounts {
 // scale and comparison-w<g>.png (full DDPM | naive subsampled DDPM | respaced DDPM | DDIM |
 // DPM-Solver++(2M), same prompts and seeds).
 // Each stored point carries `key`, a SHA-256 over everything that makes its FID: the model
-// (DenoiserSource::identity), the prompts, the reference statistics, the extractor file, N,
+// (DenoiserSource::identity), the prompts (and their embeddings and null condition for a
+// precomputed-conditioning model), the reference statistics, the extractor file, N,
 // seed, precision and the sampler setting (name, steps, eta, spacing, variance, clip,
 // guidance). A point is reused only when its key matches; a stored point of the same setting
 // with another key is recomputed and replaced. The summaries show the points made from this

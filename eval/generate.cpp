@@ -14,12 +14,21 @@ torch::Tensor generate_images(const DenoiserSource& source, const diffusion::Sam
                               const std::vector<std::string>& captions, const std::vector<uint64_t>& seeds,
                               const std::function<void(double fraction)>& on_step) {
   TORCH_CHECK(captions.size() == seeds.size(), "generate_images: one seed per caption");
+  const auto tokens = tokenize_batch(captions, source.max_tokens);
+  const auto null_tokens = torch::full({1, tokens.size(1)}, model::kPadToken, tokens.options());  // all padding
+  return generate_from_conditions(source, sampler, guidance, tokens, null_tokens, seeds, on_step);
+}
+
+torch::Tensor generate_from_conditions(const DenoiserSource& source, const diffusion::SamplerSpec& sampler,
+                                       double guidance, const torch::Tensor& conditions, const torch::Tensor& null,
+                                       const std::vector<uint64_t>& seeds,
+                                       const std::function<void(double fraction)>& on_step) {
+  TORCH_CHECK(conditions.size(0) == static_cast<int64_t>(seeds.size()), "generate_from_conditions: one seed per row");
   torch::NoGradGuard no_grad;
   diffusion::PerImageNoise noise(seeds);
-  auto tokens = tokenize_batch(captions, source.max_tokens);
-  auto null_tokens = torch::full_like(tokens, model::kPadToken);
-  auto eps_model =
-      diffusion::guided_eps_model(source.network, tokens, null_tokens, guidance, source.prediction, source.schedule);
+  const auto null_rows = null.expand_as(conditions).contiguous();
+  auto eps_model = diffusion::guided_eps_model(source.network, conditions, null_rows, guidance, source.prediction,
+                                               source.schedule);
   const int64_t total = static_cast<int64_t>(diffusion::sampler_timesteps(sampler, source.schedule).size());
   // One reduction per network call and per step (not a host loop over elements): a NaN or inf
   // stops the run at the step that made it instead of surfacing as black images or a NaN FID.

@@ -21,4 +21,12 @@ torch::Tensor generate_images(const DenoiserSource& source, const diffusion::Sam
                               const std::vector<std::string>& captions, const std::vector<uint64_t>& seeds,
                               const std::function<void(double fraction)>& on_step = nullptr);
 
+// The same with the network's condition input given directly: conditions (B, ...) one row per
+// image, null (1, ...) the unconditional row (byte tokens, or packed embeddings for a model on
+// precomputed embeddings, eval/prompt_embeddings.h; whichever the source's network takes).
+torch::Tensor generate_from_conditions(const DenoiserSource& source, const diffusion::SamplerSpec& sampler,
+                                       double guidance, const torch::Tensor& conditions, const torch::Tensor& null,
+                                       const std::vector<uint64_t>& seeds,
+                                       const std::function<void(double fraction)>& on_step = nullptr);
+
 }  // namespace difftrain::eval

@@ -30,4 +30,14 @@ std::vector<std::string> shard_set_prompts(const std::string& dir, uint64_t seed
 // `source` (may be null) receives a description for the log.
 std::vector<std::string> training_eval_prompts(const Config& config, std::string* source);
 
+// The prompts of the training-time hooks as the model takes them, resolved at start-up so that a
+// missing input stops the run before its first step. Builtin models: training_eval_prompts /
+// eval.prompts. model.conditioning=precomputed: the FID prompts are eval.captions' stored
+// embeddings (else eval.text_encoder's embeddings of the built-in list for synthetic data, else
+// data.dir's), the validation prompts eval.prompts embedded by eval.text_encoder; the null
+// condition is data.dir's stored one, as in training. Throws ConfigError naming the key.
+struct PromptSet;
+PromptSet training_fid_prompt_set(const Config& config, std::string* source);
+PromptSet training_validation_prompt_set(const Config& config);
+
 }  // namespace difftrain::eval

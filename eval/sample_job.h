@@ -20,8 +20,16 @@ struct SampleOptions {
   std::string model_file;           // ... or a TorchScript denoiser (eval/denoiser_source.h)
   int64_t image_size = 0;           // for TorchScript files that do not carry image_shape
   int64_t max_tokens = 0;           // for TorchScript files that do not carry max_tokens
+  std::string vae_decoder;          // latent models (data.latents): their TorchScript VAE decoder (docs/LATENTS.md)
   std::string out_dir;
   std::vector<std::string> prompts;
+  // Models trained on precomputed text embeddings (docs/CONDITIONING.md "Sampling"): the prompts are
+  // embedded by the frozen TorchScript encoder the model was trained with (tokenizer: "bytes" or a
+  // SentencePiece .model), or taken with their embeddings from a prompt-embeddings file instead of
+  // `prompts` (eval/prompt_embeddings.h).
+  std::string text_encoder;
+  std::string tokenizer;            // "" = bytes; only with text_encoder
+  std::string prompt_embeddings;
   diffusion::SamplerSpec sampler{"ddim", 25};  // diffusion/sampler_registry.h
   std::vector<double> guidance = {3.0};
   int64_t images_per_prompt = 1;
@@ -38,7 +46,9 @@ constexpr int64_t kMaxSampleImages = 1000000;
 constexpr int64_t kMaxBatchSize = 65536;
 constexpr int64_t kMaxGuidanceScales = 64;
 
-// Throws std::invalid_argument naming the option and its value: no prompt, a prompt with a NUL
+// Throws std::invalid_argument naming the option and its value: no prompt (and no prompt_embeddings),
+// prompts together with prompt_embeddings, text_encoder with prompt_embeddings, tokenizer without
+// text_encoder, a prompt with a NUL
 // byte or invalid UTF-8, a non-finite guidance scale, counts below 1 or past the bounds above
 // (images_per_prompt x prompts x guidance scales <= kMaxSampleImages), a negative image size or
 // token length. Steps beyond the model's T are refused once the model is loaded (run_sample_job).
@@ -56,9 +66,15 @@ SampleResult run_sample_job(const SampleOptions& options);
 // image i of the grid from seed + i), written to `path` as PNG: the validation
 // grids of training (eval.prompts).
 struct DenoiserSource;
-void write_prompt_grid(const DenoiserSource& source, const std::vector<std::string>& prompts,
-                       int64_t images_per_prompt, const diffusion::SamplerSpec& sampler, double guidance,
-                       uint64_t seed, const std::string& path);
+struct PromptSet;
+void write_prompt_grid(const DenoiserSource& source, const PromptSet& prompts, int64_t images_per_prompt,
+                       const diffusion::SamplerSpec& sampler, double guidance, uint64_t seed, const std::string& path);
+
+// The prompts of `sample` for `source` (options.prompts, encoded by options.text_encoder, or the file
+// options.prompt_embeddings), checked against the model. Throws std::runtime_error when they do not
+// fit it: embeddings for a model with its own text encoder, none for a precomputed one, another
+// encoder, shapes or null condition (eval/prompt_embeddings.h).
+PromptSet sample_prompts(const SampleOptions& options, const DenoiserSource& source);
 
 // "a <colour> <shape>" for every colour and shape of the built-in dataset.
 std::vector<std::string> synthetic_prompts();

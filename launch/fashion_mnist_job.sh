@@ -41,23 +41,11 @@ stage() {  # records the wall time of the previous stage, announces the next
   [[ $1 == done ]] || echo "== $1"
 }
 
-stage "image folders from /usr/share/datasets/fashion-mnist"
-[[ -f $data/folders/test/metadata.jsonl ]] || /usr/bin/python3 launch/fashion_mnist_to_folder.py "$data/folders"
-
-stage "make-shards: 32x32 grey, $ranks ranks (train, test)"
-for split in train test; do
-  "${mpi[@]}" "$bin" make-shards --input "$data/folders/$split" --out "$data/${split}32" --resolution 32 \
-    --channels 1 --label-column label --max-tokens 32
-done
-
-stage "domain feature extractor / classifier on the training split"
+stage "data: image folders, 32x32 grey shards (train, test), domain features, FID reference (launch/fashion_mnist_data.sh)"
+launch/fashion_mnist_data.sh "$work" "$ranks" "$feature_steps"
 features=$data/features32.pt
-[[ -f $features ]] || "$bin" features --data "$data/train32" --holdout-data "$data/test32" --out "$features" \
-  --labels column --steps "$feature_steps" --threads 2 | tee "$run_dir/features-report.txt"
-
-stage "FID reference: the real test split; floor: 2000 real training images against it"
 reference=$data/test32-fid-reference.h5
-[[ -f $reference ]] || "$bin" eval fid-ref --extractor "$features" --data "$data/test32" --out "$reference"
+[[ -f $data/features-report.txt ]] && cp "$data/features-report.txt" "$run_dir/features-report.txt"
 {
   echo "real training images vs test split, N=$sweep_samples: $("$bin" eval fid --extractor "$features" \
     "$data/train32" "$reference" --limit "$sweep_samples")"

@@ -1,5 +1,7 @@
 #include "model/attention.h"
 
+#include <torch/nn/functional/activation.h>
+
 #include <cmath>
 #include <limits>
 
@@ -42,6 +44,16 @@ torch::Tensor MultiHeadAttentionImpl::forward(const torch::Tensor& x, const torc
   auto split = [&](const torch::Tensor& t) { return t.unflatten(2, {heads, d}).transpose(1, 2).contiguous(); };
   auto out = scaled_dot_product_attention(split(to_q(x)), split(to_k(context)), split(to_v(context)), key_valid);
   return to_out(out.transpose(1, 2).flatten(2));  // (B, Nq, D)
+}
+
+GegluFeedForwardImpl::GegluFeedForwardImpl(int64_t dim, int64_t mult) {
+  proj = register_module("proj", torch::nn::Linear(dim, 2 * mult * dim));
+  out = register_module("out", torch::nn::Linear(mult * dim, dim));
+}
+
+torch::Tensor GegluFeedForwardImpl::forward(const torch::Tensor& x) {
+  auto value_gate = proj(x).chunk(2, -1);  // (B, N, inner) each
+  return out(value_gate[0] * torch::gelu(value_gate[1]));
 }
 
 }  // namespace difftrain::model

@@ -2,6 +2,7 @@
 // over image positions and cross-attention from image positions to text tokens.
 // Written out (not nn::MultiheadAttention) so the masking rule is explicit and
 // the same code path works under autocast and TorchScript export.
+// Also the GEGLU feed-forward of the UNet's transformer blocks (as in Stable Diffusion).
 #pragma once
 
 #include <torch/nn/module.h>
@@ -27,5 +28,19 @@ struct MultiHeadAttentionImpl : torch::nn::Module {
   torch::nn::Linear to_q{nullptr}, to_k{nullptr}, to_v{nullptr}, to_out{nullptr};
 };
 TORCH_MODULE(MultiHeadAttention);
+
+// Position-wise feed-forward with a GELU-gated linear unit, GEGLU (Shazeer 2020,
+// "GLU Variants Improve Transformer", eq. 6): FFN(x) = (GELU(x W) * (x V)) W2, inner
+// width mult * dim. W and V are one Linear(dim, 2 * inner) whose first half is the
+// value x V and second half the gate x W (LDM's / diffusers' GEGLU layout, so SD
+// weights map one to one); GELU is the exact (erf) one.
+struct GegluFeedForwardImpl : torch::nn::Module {
+  GegluFeedForwardImpl(int64_t dim, int64_t mult);
+  torch::Tensor forward(const torch::Tensor& x);  // (B, N, dim) -> (B, N, dim)
+
+  torch::nn::Linear proj{nullptr};  // dim -> 2 * inner: (value, gate)
+  torch::nn::Linear out{nullptr};   // inner -> dim
+};
+TORCH_MODULE(GegluFeedForward);
 
 }  // namespace difftrain::model

@@ -6,18 +6,15 @@
 #include <fstream>
 #include <stdexcept>
 
+#include "model/frozen_module.h"
+#include "model/torchscript_error.h"
+
 namespace difftrain::model {
 namespace {
 
 // Large enough for any real encoder's context, small enough that a garbage
 // attribute cannot make the probe allocate gigabytes.
 constexpr int64_t kMaxTokensLimit = 65536;
-
-// c10 messages carry a C++ backtrace after the first lines; keep the first line.
-std::string first_line(const std::string& text) {
-  const auto end = text.find('\n');
-  return end == std::string::npos ? text : text.substr(0, end);
-}
 
 std::string shape_of(const torch::Tensor& t) {
   std::string out = "(";
@@ -51,25 +48,22 @@ std::string file_sha256(const std::string& path) {
   return out;
 }
 
+std::string sha256_of_identity(const std::string& identity) {
+  const auto at = identity.find("sha256:");
+  if (at == std::string::npos) return "";
+  const auto end = identity.find(' ', at);
+  return identity.substr(at + 7, end == std::string::npos ? std::string::npos : end - at - 7);
+}
+
 FrozenTextEncoder::FrozenTextEncoder(const std::string& path, std::unique_ptr<TextTokenizer> tokenizer)
     : path_(path), tokenizer_(std::move(tokenizer)) {
   const std::string what = "text encoder " + path + ": ";
   const auto fail = [&](const std::string& message) { return std::runtime_error(what + message); };
-  std::error_code ec;
-  if (!std::filesystem::exists(path, ec)) throw fail("file does not exist");
-  if (!std::filesystem::is_regular_file(path, ec)) throw fail("is not a regular file");
-  sha256_ = file_sha256(path);
-  identity_ = std::filesystem::path(path).filename().string() + " sha256:" + sha256_;
-  try {
-    module_ = torch::jit::load(path, torch::kCPU);
-  } catch (const c10::Error& e) {
-    throw fail("cannot load as TorchScript (expected a file saved by torch.jit.save): " +
-               first_line(e.what_without_backtrace()));
-  }
-  module_.eval();
-  const auto forward = module_.find_method("forward");
-  if (!forward) throw fail("the module has no forward method");
-  const size_t inputs = forward->function().getSchema().arguments().size() - 1;  // without self
+  FrozenModuleFile file = load_frozen_module(path, "text encoder");
+  module_ = file.module;
+  sha256_ = file.sha256;
+  identity_ = file.identity;
+  const size_t inputs = file.forward_inputs;
   if (inputs != 2) {
     throw fail("forward takes " + std::to_string(inputs) +
                " input(s), expected 2: tokens int64 (B, L) and mask bool (B, L)");
@@ -125,9 +119,9 @@ TextEmbeddingBatch FrozenTextEncoder::run(const std::vector<std::string>& captio
   try {
     torch::NoGradGuard no_grad;
     output = module_.forward({tokens, mask.to(torch::kBool)});
-  } catch (const c10::Error& e) {
+  } catch (const std::exception& e) {
     throw fail("forward failed " + when + " (tokens int64 (" + std::to_string(b) + ", " +
-               std::to_string(max_tokens_) + "), mask bool): " + first_line(e.what_without_backtrace()));
+               std::to_string(max_tokens_) + "), mask bool): " + torchscript_error_line(e));
   }
   if (!output.isTuple() || output.toTuple()->elements().size() != 2 ||
       !output.toTuple()->elements()[0].isTensor() || !output.toTuple()->elements()[1].isTensor()) {

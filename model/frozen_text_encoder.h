@@ -27,6 +27,8 @@ struct TextEmbeddingBatch {
 
 // The file's SHA-256, lowercase hex. Throws std::runtime_error naming it when unreadable.
 std::string file_sha256(const std::string& path);
+// The hex after "sha256:" in an identity "<file> sha256:<hex>", or "" (written by other tooling).
+std::string sha256_of_identity(const std::string& identity);
 
 class FrozenTextEncoder {
  public:

@@ -14,6 +14,7 @@
 #include <functional>
 #include <string>
 #include <utility>
+#include <variant>
 #include <vector>
 
 namespace torch::jit {
@@ -30,5 +31,19 @@ void export_torchscript(torch::nn::Module& module, const std::string& type_name,
                         const std::vector<torch::Tensor>& example_inputs,
                         const std::vector<std::pair<std::string, torch::Tensor>>& extra_buffers,
                         const std::string& path);
+
+// A constant the traced module carries besides its tensors, read in Python as module.name:
+// a double becomes a float attribute, an int64_t an int attribute (the autoencoder's
+// latent_scale, latent_channels, ...). Buffers stay the way to carry tensors.
+struct TracedAttribute {
+  std::string name;
+  std::variant<double, int64_t> value;
+};
+
+// As above, with `attributes` registered on the module as well.
+void export_torchscript(torch::nn::Module& module, const std::string& type_name, const TracedForward& forward,
+                        const std::vector<torch::Tensor>& example_inputs,
+                        const std::vector<std::pair<std::string, torch::Tensor>>& extra_buffers,
+                        const std::vector<TracedAttribute>& attributes, const std::string& path);
 
 }  // namespace difftrain::model

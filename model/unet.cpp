@@ -34,10 +34,13 @@ M zero_init(M module) {
 }
 }  // namespace
 
-ResBlockImpl::ResBlockImpl(int64_t in, int64_t out, int64_t embedding_dim, int64_t groups, double p) {
+ResBlockImpl::ResBlockImpl(int64_t in, int64_t out, int64_t embedding_dim, int64_t groups, double p,
+                           bool scale_shift_norm_)
+    : scale_shift_norm(scale_shift_norm_) {
   norm1 = register_module("norm1", torch::nn::GroupNorm(groups, in));
   conv1 = register_module("conv1", conv3x3(in, out));
-  embedding_proj = register_module("embedding_proj", torch::nn::Linear(embedding_dim, 2 * out));
+  embedding_proj =
+      register_module("embedding_proj", torch::nn::Linear(embedding_dim, scale_shift_norm ? 2 * out : out));
   norm2 = register_module("norm2", torch::nn::GroupNorm(groups, out));
   dropout = register_module("dropout", torch::nn::Dropout(p));
   conv2 = register_module("conv2", zero_init(conv3x3(out, out)));
@@ -46,29 +49,57 @@ ResBlockImpl::ResBlockImpl(int64_t in, int64_t out, int64_t embedding_dim, int64
 
 torch::Tensor ResBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& embedding) {
   auto h = conv1(torch::silu(norm_fp32(norm1, x)));
-  auto scale_shift = embedding_proj(torch::silu(embedding)).unsqueeze(-1).unsqueeze(-1).chunk(2, 1);
-  h = norm_fp32(norm2, h) * (1 + scale_shift[0]) + scale_shift[1];
+  auto projected = embedding_proj(torch::silu(embedding)).unsqueeze(-1).unsqueeze(-1);
+  if (scale_shift_norm) {
+    // Adaptive group normalisation (Dhariwal & Nichol 2021, sec. 3): GroupNorm(h) (1 + scale) + shift.
+    auto scale_shift = projected.chunk(2, 1);
+    h = norm_fp32(norm2, h) * (1 + scale_shift[0]) + scale_shift[1];
+  } else {
+    // The embedding added to the features (Ho et al. 2020, appendix B; SD's ResnetBlock2D).
+    h = norm_fp32(norm2, h + projected);
+  }
   h = conv2(dropout(torch::silu(h)));
   return (skip ? skip(x) : x) + h;
 }
 
-SpatialAttentionImpl::SpatialAttentionImpl(int64_t channels, int64_t heads, int64_t context_dim, int64_t groups) {
+SpatialAttentionImpl::SpatialAttentionImpl(int64_t channels, int64_t heads, int64_t context_dim, int64_t groups,
+                                           int64_t ff_mult, bool projections) {
+  auto layer_norm = [&] { return torch::nn::LayerNorm(torch::nn::LayerNormOptions({channels})); };
+  auto conv1x1 = [&] { return torch::nn::Conv2d(torch::nn::Conv2dOptions(channels, channels, 1)); };
+  // Registration order is LDM's (norm, proj_in, the transformer block, proj_out); without the
+  // options it is the order of the model before they existed.
   norm = register_module("norm", torch::nn::GroupNorm(groups, channels));
-  norm_self = register_module("norm_self", torch::nn::LayerNorm(torch::nn::LayerNormOptions({channels})));
+  if (projections) proj_in = register_module("proj_in", conv1x1());
+  norm_self = register_module("norm_self", layer_norm());
   self_attention = register_module("self_attention", MultiHeadAttention(channels, channels, heads));
-  norm_cross = register_module("norm_cross", torch::nn::LayerNorm(torch::nn::LayerNormOptions({channels})));
+  norm_cross = register_module("norm_cross", layer_norm());
   cross_attention = register_module("cross_attention", MultiHeadAttention(channels, context_dim, heads));
-  zero_init(self_attention->to_out);
-  zero_init(cross_attention->to_out);
+  if (ff_mult > 0) {
+    norm_ff = register_module("norm_ff", layer_norm());
+    ff = register_module("ff", GegluFeedForward(channels, ff_mult));
+  }
+  // Output layers start at zero: with projections proj_out alone (as LDM), so the block starts as
+  // the identity; without, the output layer of each attention and feed-forward sublayer, as before.
+  if (projections) {
+    proj_out = register_module("proj_out", zero_init(conv1x1()));
+  } else {
+    zero_init(self_attention->to_out);
+    zero_init(cross_attention->to_out);
+    if (ff) zero_init(ff->out);
+  }
 }
 
 torch::Tensor SpatialAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& context,
                                             const torch::Tensor& mask) {
-  auto h = norm_fp32(norm, x).flatten(2).transpose(1, 2);  // (B, HW, C)
+  auto h = norm_fp32(norm, x);
+  if (proj_in) h = proj_in(h);
+  h = h.flatten(2).transpose(1, 2);  // (B, HW, C)
   auto s = norm_fp32(norm_self, h);
   h = h + self_attention(s, s, torch::Tensor());
   h = h + cross_attention(norm_fp32(norm_cross, h), context, mask);
-  return x + h.transpose(1, 2).reshape_as(x);
+  if (ff) h = h + ff(norm_fp32(norm_ff, h));
+  h = h.transpose(1, 2).reshape_as(x);  // (B, C, H, W)
+  return x + (proj_out ? proj_out(h) : h);
 }
 
 UNetBlockImpl::UNetBlockImpl(ResBlock r, SpatialAttention a) {
@@ -107,10 +138,15 @@ UNetImpl::UNetImpl(UNetOptions o) : options(o) {
     const auto& r = o.attention_resolutions;
     return std::find(r.begin(), r.end(), resolution) != r.end();
   };
-  auto block = [&](int64_t in, int64_t out, int64_t resolution) {
+  auto res_block = [&](int64_t in, int64_t out) {
+    return ResBlock(in, out, E, G, o.dropout, o.scale_shift_norm);
+  };
+  auto block = [&](int64_t in, int64_t out, bool attend) {
     SpatialAttention attention{nullptr};
-    if (has_attention(resolution)) attention = SpatialAttention(out, o.attention_heads, text_dim, G);
-    return UNetBlock(ResBlock(in, out, E, G, o.dropout), attention);
+    if (attend) {
+      attention = SpatialAttention(out, o.attention_heads, text_dim, G, o.transformer_ff_mult, o.attention_projections);
+    }
+    return UNetBlock(res_block(in, out), attention);
   };
 
   // Down path: the channel count of every skip connection is remembered for the up path.
@@ -120,7 +156,7 @@ UNetImpl::UNetImpl(UNetOptions o) : options(o) {
   for (int64_t level = 0; level < levels; ++level) {
     const int64_t out = C * o.channel_mults[level];
     for (int64_t i = 0; i < o.num_res_blocks; ++i) {
-      down_blocks->push_back(block(channels, out, resolution));
+      down_blocks->push_back(block(channels, out, has_attention(resolution)));
       channels = out;
       skip_channels.push_back(channels);
     }
@@ -130,15 +166,15 @@ UNetImpl::UNetImpl(UNetOptions o) : options(o) {
       resolution /= 2;
     }
   }
-  middle_blocks->push_back(block(channels, channels, resolution));
-  middle_blocks->push_back(UNetBlock(ResBlock(channels, channels, E, G, o.dropout), nullptr));
+  middle_blocks->push_back(block(channels, channels, has_attention(resolution) || o.middle_attention));
+  middle_blocks->push_back(UNetBlock(res_block(channels, channels), nullptr));
   // Up path: num_res_blocks + 1 blocks per level, each consuming one skip.
   for (int64_t level = levels - 1; level >= 0; --level) {
     const int64_t out = C * o.channel_mults[level];
     for (int64_t i = 0; i <= o.num_res_blocks; ++i) {
       const int64_t skip = skip_channels.back();
       skip_channels.pop_back();
-      up_blocks->push_back(block(channels + skip, out, resolution));
+      up_blocks->push_back(block(channels + skip, out, has_attention(resolution)));
       channels = out;
     }
     if (level > 0) {

@@ -3,6 +3,9 @@
 //   sinusoidal timestep embedding + pooled caption -> per-block scale/shift,
 //   residual blocks, self-attention and cross-attention to the caption tokens
 //   at the configured resolutions.
+// Options (off by default) give it the shape of the LDM / Stable Diffusion UNet:
+// transformer feed-forward, attention projections, additive time embedding,
+// attention in the middle block (configs/sd15.yaml, docs/CONFIG.md).
 #pragma once
 
 #include <torch/nn/module.h>
@@ -47,6 +50,13 @@ struct UNetOptions {
   ConditioningSource conditioning = ConditioningSource::kBuiltin;
   int64_t context_dim = 0;  // kPrecomputed: D of the context vectors
   int64_t pooled_dim = 0;   // kPrecomputed: D' of the pooled vector, 0 = none
+  // The shape of published UNets (Rombach et al. 2022's SpatialTransformer and ResBlock, as in
+  // Stable Diffusion). The defaults build the UNet above unchanged: same parameters, same order,
+  // same initialisation.
+  int64_t transformer_ff_mult = 0;     // > 0: a GEGLU feed-forward of inner width mult x C after cross-attention
+  bool attention_projections = false;  // 1x1 conv proj_in before and zero-initialised proj_out after the attention
+  bool scale_shift_norm = true;        // false: the time embedding is added before norm2 (DDPM, SD), not scale/shift
+  bool middle_attention = false;       // attention in the middle block even if its resolution is not listed
 };
 
 // Transformer-style sinusoidal embedding of the timestep (Vaswani et al. 2017, sec. 3.5).
@@ -54,23 +64,32 @@ struct UNetOptions {
 torch::Tensor timestep_embedding(const torch::Tensor& t, int64_t dim);
 
 struct ResBlockImpl : torch::nn::Module {
-  ResBlockImpl(int64_t in_channels, int64_t out_channels, int64_t embedding_dim, int64_t groups, double dropout);
+  ResBlockImpl(int64_t in_channels, int64_t out_channels, int64_t embedding_dim, int64_t groups, double dropout,
+               bool scale_shift_norm = true);
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& embedding);  // x: (B, Cin, H, W), emb: (B, E)
+  bool scale_shift_norm;
   torch::nn::GroupNorm norm1{nullptr}, norm2{nullptr};
   torch::nn::Conv2d conv1{nullptr}, conv2{nullptr}, skip{nullptr};
-  torch::nn::Linear embedding_proj{nullptr};  // -> (scale, shift) of norm2, as in guided-diffusion
+  // E -> (scale, shift) of norm2, as in guided-diffusion; without scale_shift_norm E -> Cout, added before norm2.
+  torch::nn::Linear embedding_proj{nullptr};
   torch::nn::Dropout dropout{nullptr};
 };
 TORCH_MODULE(ResBlock);
 
-// Self-attention over the H*W positions, then cross-attention to the caption.
+// Self-attention over the H*W positions, then cross-attention to the caption; optionally
+// (ff_mult > 0) a GEGLU feed-forward, and (projections) 1x1 convolutions in and out: with both,
+// LDM's SpatialTransformer with one BasicTransformerBlock (Rombach et al. 2022, appendix; SD's
+// Transformer2DModel), with `norm` GroupNorm eps 1e-5 where LDM has 1e-6.
 struct SpatialAttentionImpl : torch::nn::Module {
-  SpatialAttentionImpl(int64_t channels, int64_t heads, int64_t context_dim, int64_t groups);
+  SpatialAttentionImpl(int64_t channels, int64_t heads, int64_t context_dim, int64_t groups, int64_t ff_mult = 0,
+                       bool projections = false);
   // x: (B, C, H, W), context: (B, L, D), mask: (B, L) bool
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& context, const torch::Tensor& mask);
   torch::nn::GroupNorm norm{nullptr};
-  torch::nn::LayerNorm norm_self{nullptr}, norm_cross{nullptr};
+  torch::nn::Conv2d proj_in{nullptr}, proj_out{nullptr};  // null without projections
+  torch::nn::LayerNorm norm_self{nullptr}, norm_cross{nullptr}, norm_ff{nullptr};  // norm_ff null without ff
   MultiHeadAttention self_attention{nullptr}, cross_attention{nullptr};
+  GegluFeedForward ff{nullptr};  // null when ff_mult is 0
 };
 TORCH_MODULE(SpatialAttention);
 

@@ -1,7 +1,10 @@
 // What the evaluation library refuses before any work: sample and sweep options
 // out of bounds, prompts and captions that are not UTF-8 or hold NUL bytes
 // (docs/SHARD_FORMAT.md); and the SHA-256 that keys sweep points (eval/digest.h).
+// Prompt embeddings of precomputed-conditioning models (eval/prompt_embeddings.h): packing,
+// the file round trip, and the checks against the model.
 #include <gtest/gtest.h>
+#include <torch/torch.h>
 
 #include <cmath>
 #include <fstream>
@@ -13,6 +16,8 @@
 #include "data/shard_writer.h"
 #include "eval/digest.h"
 #include "eval/fid_sweep.h"
+#include "eval/prompt_embeddings.h"
+#include "eval/prompt_set.h"
 #include "eval/prompts.h"
 #include "eval/sample_job.h"
 #include "tests/test_dirs.h"
@@ -158,4 +163,120 @@ TEST(SweepOptions, RefusesAbsurdValuesNamingTheOption) {
   o = good_sweep();
   o.reference_limit = -5;
   EXPECT_ERROR(de::validate_sweep_options(o), "--reference-limit = -5");
+}
+
+namespace {
+
+// Three prompts with L = 4, D = 3, D' = 2, values exact in float16, and the null condition.
+de::PromptEmbeddings small_embeddings() {
+  de::PromptEmbeddings e;
+  e.captions = {"a red circle", "a blue square", ""};
+  e.states = torch::arange(36, torch::kFloat32).reshape({3, 4, 3}).div(8);
+  e.mask = torch::tensor({1, 1, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0}, torch::kUInt8).reshape({3, 4}).to(torch::kBool);
+  e.pooled = torch::tensor({0.5f, -1.0f, 2.0f, 0.25f, 0.0f, 3.0f}).reshape({3, 2});
+  e.null_states = torch::full({1, 4, 3}, -0.5f);
+  e.null_mask = torch::tensor({1, 0, 0, 0}, torch::kUInt8).reshape({1, 4}).to(torch::kBool);
+  e.null_pooled = torch::tensor({{1.5f, -2.0f}});
+  e.encoder = "enc.pt sha256:" + std::string(64, 'a');
+  e.tokenizer = "bytes";
+  e.null_kind = "empty";
+  e.source = "test embeddings";
+  return e;
+}
+
+de::TextConditioning small_model() { return {4, 3, 2, "enc.pt sha256:" + std::string(64, 'a'), "empty", "model m"}; }
+
+}  // namespace
+
+TEST(PromptEmbeddings, PackedRowsUnpackToTheSameConditioning) {
+  const auto e = small_embeddings();
+  const auto rows = de::packed_rows(e, {2, 0});
+  ASSERT_EQ(rows.sizes(), (std::vector<int64_t>{2, 4 * 3 + 4 + 2}));
+  const auto c = de::unpack_conditions(rows, 4, 3, 2);
+  EXPECT_TRUE(torch::equal(c.context, torch::stack({e.states[2], e.states[0]})));
+  EXPECT_TRUE(torch::equal(c.mask, torch::stack({e.mask[2], e.mask[0]})));
+  EXPECT_EQ(c.mask.scalar_type(), torch::kBool);
+  EXPECT_TRUE(torch::equal(c.pooled, torch::stack({e.pooled[2], e.pooled[0]})));
+  const auto null = de::unpack_conditions(de::packed_null(e), 4, 3, 2);
+  EXPECT_TRUE(torch::equal(null.context, e.null_states));
+  EXPECT_TRUE(torch::equal(null.mask, e.null_mask));
+  // Without a pooled vector the rows hold context and mask only.
+  const auto no_pooled = de::unpack_conditions(de::pack_conditions(e.states, e.mask, torch::Tensor()), 4, 3, 0);
+  EXPECT_FALSE(no_pooled.pooled.defined());
+  EXPECT_TRUE(torch::equal(no_pooled.context, e.states));
+  EXPECT_ERROR(de::unpack_conditions(rows, 4, 3, 0), "packed conditions");
+}
+
+TEST(PromptEmbeddings, FileRoundTripIsExact) {
+  const auto dir = fresh_test_dir();
+  const auto path = (dir / "p.h5").string();
+  const auto e = small_embeddings();
+  de::write_prompt_embeddings(path, e);
+  EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
+  const auto r = de::read_prompt_embeddings(path);
+  EXPECT_EQ(r.captions, e.captions);
+  EXPECT_TRUE(torch::equal(r.states, e.states));
+  EXPECT_TRUE(torch::equal(r.mask, e.mask));
+  EXPECT_TRUE(torch::equal(r.pooled, e.pooled));
+  EXPECT_TRUE(torch::equal(r.null_states, e.null_states));
+  EXPECT_TRUE(torch::equal(r.null_mask, e.null_mask));
+  EXPECT_TRUE(torch::equal(r.null_pooled, e.null_pooled));
+  EXPECT_EQ(r.encoder, e.encoder);
+  EXPECT_EQ(r.tokenizer, "bytes");
+  EXPECT_EQ(r.null_kind, "empty");
+  EXPECT_EQ(de::digest_of(r), de::digest_of(e));
+  EXPECT_ERROR(de::read_prompt_embeddings((dir / "missing.h5").string()),
+               "prompt embeddings file " + (dir / "missing.h5").string() + ": does not exist");
+}
+
+TEST(PromptEmbeddings, ResolveChecksShapesEncoderAndNull) {
+  auto e = small_embeddings();
+  EXPECT_NO_THROW(de::resolve_for_model(e, small_model()));
+  auto model = small_model();
+  model.width = 5;
+  e = small_embeddings();
+  EXPECT_ERROR(de::resolve_for_model(e, model), "test embeddings: dataset 'text_states' has shape (3, 4, 3), but model m");
+  model = small_model();
+  model.pooled_width = 0;
+  EXPECT_ERROR(de::resolve_for_model(e, model), "dataset 'text_pooled' has shape (3, 2)");
+  model = small_model();
+  model.encoder = "enc.pt sha256:" + std::string(64, 'b');
+  EXPECT_ERROR(de::resolve_for_model(e, model), "is not the encoder model m was trained with");
+  model.encoder = "";  // a checkpoint from before model.text_encoder: not checked
+  EXPECT_NO_THROW(de::resolve_for_model(e, model));
+  // No null condition: zeros when the model says so, else an error naming what is missing.
+  e = small_embeddings();
+  e.null_states = e.null_mask = e.null_pooled = torch::Tensor();
+  e.null_kind = "";
+  EXPECT_ERROR(de::resolve_for_model(e, small_model()), "has no null condition (datasets 'text_null_states'");
+  model = small_model();
+  model.null_kind = "zeros";
+  de::resolve_for_model(e, model);
+  EXPECT_EQ(e.null_states.abs().sum().item<float>(), 0.0f);
+  EXPECT_FALSE(e.null_mask.any().item<bool>());
+  EXPECT_EQ(e.null_pooled.sizes(), (std::vector<int64_t>{1, 2}));
+  // A file's null condition of the other kind is refused.
+  e = small_embeddings();
+  EXPECT_ERROR(de::resolve_for_model(e, model), "text_null = empty, but model m was trained with model.text_null = zeros");
+}
+
+TEST(PromptEmbeddings, Sha256OfAnIdentity) {
+  EXPECT_EQ(de::sha256_in_identity("enc.pt sha256:abc"), "abc");
+  EXPECT_EQ(de::sha256_in_identity("openai/clip"), "");
+}
+
+TEST(SampleOptions, PromptEmbeddingsBringTheirOwnPrompts) {
+  auto o = good_sample();
+  o.prompts.clear();
+  EXPECT_ERROR(de::validate_sample_options(o), "no prompts given");
+  o.prompt_embeddings = "p.h5";
+  EXPECT_NO_THROW(de::validate_sample_options(o));
+  o.text_encoder = "enc.pt";
+  EXPECT_ERROR(de::validate_sample_options(o), "--text-encoder or --prompt-embeddings, not both");
+  o = good_sample();
+  o.prompt_embeddings = "p.h5";
+  EXPECT_ERROR(de::validate_sample_options(o), "brings its own prompts");
+  o = good_sample();
+  o.tokenizer = "spiece.model";
+  EXPECT_ERROR(de::validate_sample_options(o), "--tokenizer spiece.model is for --text-encoder");
 }

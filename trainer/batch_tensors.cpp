@@ -46,6 +46,16 @@ torch::Tensor half_bits_to_float(const std::vector<uint16_t>& bits, const std::v
   return torch::from_blob(const_cast<uint16_t*>(bits.data()), shape, torch::kHalf).to(torch::kFloat32);
 }
 
+torch::Tensor latents_to_tensor(const std::vector<uint16_t>& bits, int64_t batch, const data::LatentInfo& latents) {
+  const data::LatentShape& s = latents.shape;
+  TORCH_CHECK(static_cast<int64_t>(bits.size()) == batch * s.values(), "latent buffer has ", bits.size(),
+              " values, expected ", batch * s.values());
+  const auto dtype = s.dtype == data::LatentDtype::kFloat16 ? torch::kHalf : torch::kBFloat16;
+  const torch::Tensor raw =
+      torch::from_blob(const_cast<uint16_t*>(bits.data()), {batch, s.channels, s.height, s.width}, dtype);
+  return (raw.to(torch::kFloat32) - latents.shift) * latents.scale;
+}
+
 namespace {
 torch::Tensor mask_tensor(const std::vector<uint8_t>& mask, int64_t B, int64_t L) {
   TORCH_CHECK(static_cast<int64_t>(mask.size()) == B * L, "text mask has ", mask.size(), " values, expected ", B * L);

@@ -22,6 +22,10 @@ torch::Tensor tokenize_batch(const std::vector<std::string>& captions, int64_t m
 // float16 bits (as stored in shards) -> float32 tensor of `shape`.
 torch::Tensor half_bits_to_float(const std::vector<uint16_t>& bits, const std::vector<int64_t>& shape);
 
+// A loader batch's latents (B, c, h, w) as the model's input: z = (latents - shift) * scale
+// (docs/LATENTS.md), float32.
+torch::Tensor latents_to_tensor(const std::vector<uint16_t>& bits, int64_t batch, const data::LatentInfo& latents);
+
 // One precomputed text embedding per sample or the null condition (batch 1), as the
 // loader and ShardReader::read_text_null give them: states (B, L, D) and pooled (B, D')
 // float16 bits (pooled empty when shape.pooled_width is 0), mask (B, L) 1 = real token.

@@ -32,12 +32,22 @@ void visit_config_fields(Config& c, Visitor&& v) {
   v("data.channels", c.data.channels);
   v("data.random_flip", c.data.random_flip);
   v("data.prefetch_batches", c.data.prefetch_batches);
+  v("data.latents", c.data.latents);
+  v("data.latent_channels", c.data.latent_channels);
+  v("data.latent_size", c.data.latent_size);
+  v("data.latent_scale", c.data.latent_scale);
+  v("data.latent_shift", c.data.latent_shift);
+  v("data.latent_encoder", c.data.latent_encoder);
   v("model.base_channels", c.model.base_channels);
   v("model.channel_mults", c.model.channel_mults);
   v("model.num_res_blocks", c.model.num_res_blocks);
   v("model.attention_resolutions", c.model.attention_resolutions);
   v("model.attention_heads", c.model.attention_heads);
   v("model.norm_groups", c.model.norm_groups);
+  v("model.transformer_ff_mult", c.model.transformer_ff_mult);
+  v("model.attention_projections", c.model.attention_projections);
+  v("model.scale_shift_norm", c.model.scale_shift_norm);
+  v("model.middle_attention", c.model.middle_attention);
   v("model.dropout", c.model.dropout);
   v("model.checkpoint_activations", c.model.checkpoint_activations);
   v("model.text_width", c.model.text_width);
@@ -47,6 +57,8 @@ void visit_config_fields(Config& c, Visitor&& v) {
   v("model.conditioning", c.model.conditioning);
   v("model.context_dim", c.model.context_dim);
   v("model.pooled_dim", c.model.pooled_dim);
+  v("model.text_encoder", c.model.text_encoder);
+  v("model.text_null", c.model.text_null);
   v("diffusion.timesteps", c.diffusion.timesteps);
   v("diffusion.schedule", c.diffusion.schedule);
   v("diffusion.prediction", c.diffusion.prediction);
@@ -90,6 +102,16 @@ void visit_config_fields(Config& c, Visitor&& v) {
   v("eval.prompts", c.eval.prompts);
   v("eval.prompts_every", c.eval.prompts_every);
   v("eval.prompts_images", c.eval.prompts_images);
+  v("eval.text_encoder", c.eval.text_encoder);
+  v("eval.text_tokenizer", c.eval.text_tokenizer);
+  v("eval.vae_decoder", c.eval.vae_decoder);
+  v("autoencoder.base_channels", c.autoencoder.base_channels);
+  v("autoencoder.channel_mults", c.autoencoder.channel_mults);
+  v("autoencoder.num_res_blocks", c.autoencoder.num_res_blocks);
+  v("autoencoder.latent_channels", c.autoencoder.latent_channels);
+  v("autoencoder.norm_groups", c.autoencoder.norm_groups);
+  v("autoencoder.kl_weight", c.autoencoder.kl_weight);
+  v("autoencoder.recon_loss", c.autoencoder.recon_loss);
 }
 
 std::vector<std::string> split_path(const std::string& path) {
@@ -351,6 +373,8 @@ void require(bool ok, const std::string& path, const T& value, const std::string
 // asks for more memory or time than any machine has, and the run should stop at
 // start naming the key rather than be OOM-killed or overflow later.
 constexpr int64_t kMaxImageSize = 4096;
+constexpr int64_t kMaxLatentChannels = 256;
+constexpr double kMaxLatentScale = 1e6;
 constexpr int64_t kMaxSyntheticCount = 1000000;
 constexpr int64_t kMaxPrefetchBatches = 64;
 constexpr int64_t kMaxLevels = 8;           // len(model.channel_mults)
@@ -358,6 +382,7 @@ constexpr int64_t kMaxBaseChannels = 2048;
 constexpr int64_t kMaxChannelMult = 64;
 constexpr int64_t kMaxLevelChannels = 8192;  // base_channels * mult of any level
 constexpr int64_t kMaxResBlocks = 16;
+constexpr int64_t kMaxFeedForwardMult = 16;  // model.transformer_ff_mult; SD has 4
 constexpr int64_t kMaxTextWidth = 4096;
 constexpr int64_t kMaxContextDim = 16384;
 constexpr int64_t kMaxTextLayers = 48;
@@ -393,7 +418,7 @@ std::string gigabytes(double bytes) {
 // Side of each UNet level (model/unet.cpp halves it after every level but the last).
 std::vector<int64_t> level_resolutions(const Config& c) {
   std::vector<int64_t> sides;
-  for (size_t level = 0; level < c.model.channel_mults.size(); ++level) sides.push_back(c.data.image_size >> level);
+  for (size_t level = 0; level < c.model.channel_mults.size(); ++level) sides.push_back(model_input_size(c) >> level);
   return sides;
 }
 
@@ -425,11 +450,12 @@ void validate_model(const Config& c) {
             "positive multipliers with base_channels * mult divisible by model.norm_groups");
   }
   const int64_t downsamples = static_cast<int64_t>(m.channel_mults.size()) - 1;
-  require(c.data.image_size % (int64_t{1} << downsamples) == 0, "data.image_size", c.data.image_size,
+  const std::string size_key = c.data.latents ? "data.latent_size" : "data.image_size";
+  require(model_input_size(c) % (int64_t{1} << downsamples) == 0, size_key, model_input_size(c),
           "divisible by 2^(len(model.channel_mults) - 1)");
   const auto sides = level_resolutions(c);
-  const std::string which = "; this UNet's levels have resolutions " + list_text(sides) + " (data.image_size " +
-                            std::to_string(c.data.image_size) + " halved after each level of model.channel_mults)";
+  const std::string which = "; this UNet's levels have resolutions " + list_text(sides) + " (" + size_key + " " +
+                            std::to_string(model_input_size(c)) + " halved after each level of model.channel_mults)";
   require(!m.attention_resolutions.empty(), "model.attention_resolutions", "[]",
           "at least one resolution: without attention layers the caption reaches the UNet only through its "
           "pooled embedding (no cross-attention)" + which);
@@ -444,6 +470,14 @@ void validate_model(const Config& c) {
               "a divisor of " + std::to_string(channels) + ", the channel count at attention resolution " +
                   std::to_string(sides[level]));
   }
+  if (m.middle_attention) {
+    const int64_t channels = m.base_channels * m.channel_mults.back();
+    require(channels % m.attention_heads == 0, "model.attention_heads", m.attention_heads,
+            "a divisor of " + std::to_string(channels) + ", the channel count of the middle block "
+            "(model.middle_attention=true)");
+  }
+  require(m.transformer_ff_mult >= 0 && m.transformer_ff_mult <= kMaxFeedForwardMult, "model.transformer_ff_mult",
+          m.transformer_ff_mult, "in [0, 16] (0: no feed-forward in the attention blocks; Stable Diffusion has 4)");
   require(m.num_res_blocks >= 1 && m.num_res_blocks <= kMaxResBlocks, "model.num_res_blocks", m.num_res_blocks,
           "in [1, 16]");
   require(m.dropout >= 0 && m.dropout < 1, "model.dropout", m.dropout, "in [0, 1)");
@@ -470,11 +504,11 @@ void validate_model(const Config& c) {
 // (side^2)^2 floats) must stay under kMaxTensorBytes. Called after validate_model.
 void validate_memory_of(const std::string& key, int64_t value, int64_t images, const Config& c,
                         const std::string& hint) {
-  const double n = static_cast<double>(images), side = static_cast<double>(c.data.image_size);
+  const double n = static_cast<double>(images), side = static_cast<double>(model_input_size(c));
   const double feature_map = 4.0 * n * static_cast<double>(c.model.base_channels) * side * side;
   require(feature_map <= kMaxTensorBytes, key, value,
           "a batch whose activations fit in memory: one full-resolution feature map (images x model.base_channels "
-          "x data.image_size^2 x 4 bytes) would be " + gigabytes(feature_map) + ", above the 34.4 GB (32 GiB) limit" +
+          "x the UNet's input size^2 x 4 bytes) would be " + gigabytes(feature_map) + ", above the 34.4 GB (32 GiB) limit" +
               hint);
   for (int64_t r : c.model.attention_resolutions) {
     const double positions = static_cast<double>(r) * static_cast<double>(r);
@@ -487,13 +521,41 @@ void validate_memory_of(const std::string& key, int64_t value, int64_t images, c
   }
 }
 
+// The autoencoder.* section (model/autoencoder.h) must build; checked for every command like
+// every section. What depends on the data (image side divisible by f) is checked by
+// `difftrain autoencoder train` (trainer/autoencoder_trainer.cpp), since `train` does not use it.
+void validate_autoencoder(const Config& c) {
+  const auto& a = c.autoencoder;
+  require(!a.channel_mults.empty() && static_cast<int64_t>(a.channel_mults.size()) <= kMaxLevels,
+          "autoencoder.channel_mults", list_text(a.channel_mults), "1 to 8 levels (downsampling factor 2^(levels - 1))");
+  require(a.norm_groups >= 1, "autoencoder.norm_groups", a.norm_groups, ">= 1");
+  require(a.base_channels >= 1 && a.base_channels <= kMaxBaseChannels && a.base_channels % a.norm_groups == 0,
+          "autoencoder.base_channels", a.base_channels,
+          "in [1, 2048] and divisible by autoencoder.norm_groups = " + std::to_string(a.norm_groups));
+  for (int64_t mult : a.channel_mults)
+    require(mult >= 1 && mult <= kMaxChannelMult && a.base_channels * mult <= kMaxLevelChannels &&
+                (a.base_channels * mult) % a.norm_groups == 0,
+            "autoencoder.channel_mults", list_text(a.channel_mults),
+            "multipliers in [1, 64] with autoencoder.base_channels * mult <= 8192 and divisible by "
+            "autoencoder.norm_groups");
+  require(a.num_res_blocks >= 1 && a.num_res_blocks <= kMaxResBlocks, "autoencoder.num_res_blocks", a.num_res_blocks,
+          "in [1, 16]");
+  require(a.latent_channels >= 1 && a.latent_channels <= 256, "autoencoder.latent_channels", a.latent_channels,
+          "in [1, 256]");
+  require(a.kl_weight >= 0 && a.kl_weight <= 1, "autoencoder.kl_weight", a.kl_weight,
+          "in [0, 1] (LDM's KL autoencoders use 1e-6; near 1 the posterior collapses to the prior)");
+  require(a.recon_loss == "l1" || a.recon_loss == "l2", "autoencoder.recon_loss", a.recon_loss, "l1 or l2");
+}
+
 void validate_memory(const Config& c) {
+  const double sample_bytes = c.data.latents ? 2.0 * static_cast<double>(c.data.latent_channels * c.data.latent_size * c.data.latent_size)
+                                             : static_cast<double>(c.data.image_size * c.data.image_size * c.data.channels);
   validate_memory_of("train.batch_size", c.train.batch_size, c.train.batch_size, c,
                      "; lower train.batch_size (and raise train.grad_accum_steps to keep the step's batch)");
   const double prefetch = static_cast<double>(c.data.prefetch_batches) * static_cast<double>(c.train.batch_size) *
-                          static_cast<double>(c.data.image_size * c.data.image_size * c.data.channels);
+                          sample_bytes;
   require(prefetch <= kMaxTensorBytes, "data.prefetch_batches", c.data.prefetch_batches,
-          "a read-ahead that fits in memory: prefetch_batches x train.batch_size x image bytes would be " +
+          "a read-ahead that fits in memory: prefetch_batches x train.batch_size x sample bytes would be " +
               gigabytes(prefetch) + ", above the 34.4 GB (32 GiB) limit");
 }
 
@@ -551,7 +613,26 @@ void validate_config(const Config& c) {
   require(!c.data.synthetic || c.data.channels == 3, "data.channels", c.data.channels,
           "3 with data.synthetic=true (the built-in shapes are RGB)");
   require(!c.data.dir.empty(), "data.dir", "''", "a directory of *.h5 shards");
+  if (c.data.latents) {
+    require(!c.data.synthetic, "data.synthetic", "true",
+            "false with data.latents=true (the built-in dataset has images only; add latents to shards with "
+            "`difftrain encode-images`)");
+    require(c.data.latent_channels >= 1 && c.data.latent_channels <= kMaxLatentChannels, "data.latent_channels",
+            c.data.latent_channels, "in [1, 256]: c of the shards' latents (N, c, h, w)");
+    require(c.data.latent_size >= 1 && c.data.latent_size <= kMaxImageSize, "data.latent_size", c.data.latent_size,
+            "in [1, 4096]: h = w of the shards' latents (N, c, h, w)");
+    require(!c.data.random_flip, "data.random_flip", "true",
+            "false with data.latents=true (a flipped latent is not the latent of the flipped image)");
+  }
+  require(c.data.latent_scale >= 0 && c.data.latent_scale <= kMaxLatentScale, "data.latent_scale",
+          c.data.latent_scale, "in [0, 1e6]; 0 = the shards' latent_scale attribute");
+  require(std::fabs(c.data.latent_shift) <= kMaxLatentScale, "data.latent_shift", c.data.latent_shift,
+          "in [-1e6, 1e6]");
+  require(c.model.text_null.empty() || c.model.text_null == "empty" || c.model.text_null == "zeros",
+          "model.text_null", "'" + c.model.text_null + "'",
+          "empty (the empty caption's embedding), zeros, or unset (resolved from the shards)");
   validate_model(c);
+  validate_autoencoder(c);
   require(c.diffusion.timesteps >= 2 && c.diffusion.timesteps <= kMaxTimesteps, "diffusion.timesteps",
           c.diffusion.timesteps, "in [2, 100000]");
   require(c.diffusion.schedule == "linear" || c.diffusion.schedule == "cosine", "diffusion.schedule",
@@ -622,6 +703,10 @@ void validate_config(const Config& c) {
           "0 when eval.prompts is empty (there is nothing to draw validation grids of)");
   require(c.eval.prompts_images >= 1 && c.eval.prompts_images <= kMaxPromptImages, "eval.prompts_images",
           c.eval.prompts_images, "in [1, 64]");
+  require(!c.data.latents || (c.eval.every == 0 && c.eval.prompts.empty()) || !c.eval.vae_decoder.empty(),
+          "eval.vae_decoder", "''",
+          "a TorchScript VAE decoder with data.latents=true and eval.every > 0 or eval.prompts set: the FID point "
+          "and the validation grids decode the sampled latents to images (docs/LATENTS.md)");
   require(c.monitoring.port > 0 && c.monitoring.port < 65536, "monitoring.port", c.monitoring.port,
           "in [1, 65535]");
   // An empty host would listen on every interface without anyone having said so.

@@ -33,6 +33,18 @@ struct DataConfig {
   int64_t channels = 3;         // 1 (grey) or 3 (RGB); must match the shards
   bool random_flip = false;     // horizontal flip drawn per sample from its draw key (trainer/sample_draws)
   int64_t prefetch_batches = 4;
+  // Latent diffusion (docs/LATENTS.md): diffuse the shards' `latents` (difftrain encode-images)
+  // instead of their images; image_size/channels stay the pixel geometry the latents decode to.
+  bool latents = false;
+  int64_t latent_channels = 4;  // c of the shards' latents (N, c, h, w)
+  int64_t latent_size = 8;      // h = w of the shards' latents
+  // The model diffuses z = (latents - latent_shift) * latent_scale. latent_scale 0: both are the
+  // shards' latent_scale / latent_shift attributes, resolved at start-up and saved resolved.
+  double latent_scale = 0;
+  double latent_shift = 0;
+  // The shards' latent_encoder attribute ("<file> sha256:<hex>"); empty: resolved from the shards.
+  // A value that differs from the shards' is an error: the latents came from another encoder.
+  std::string latent_encoder;
 };
 
 struct ModelConfig {
@@ -42,6 +54,11 @@ struct ModelConfig {
   std::vector<int64_t> attention_resolutions = {16, 8};  // self- + cross-attention at these sizes
   int64_t attention_heads = 4;
   int64_t norm_groups = 8;
+  // The shape of published UNets (LDM / Stable Diffusion; configs/sd15.yaml); the defaults are this UNet's own.
+  int64_t transformer_ff_mult = 0;     // > 0: GEGLU feed-forward (inner mult x C) in every attention block
+  bool attention_projections = false;  // 1x1 conv proj_in / zero-initialised proj_out around attention
+  bool scale_shift_norm = true;        // false: time embedding added before norm2, not scale/shift
+  bool middle_attention = false;       // attention in the middle block even when its resolution is not listed
   double dropout = 0.0;
   bool checkpoint_activations = false;  // recompute block activations in backward: memory, not the model
   int64_t text_width = 64;
@@ -54,6 +71,12 @@ struct ModelConfig {
   std::string conditioning = "builtin";
   int64_t context_dim = 0;  // precomputed: D of text_states
   int64_t pooled_dim = 0;   // precomputed: D' of text_pooled, 0 = the shards have none
+  // precomputed: the shards' text_encoder attribute ("<file> sha256:<hex>"), and which null condition
+  // they store: "empty" (the empty caption's embedding) or "zeros". Empty: resolved from the shards at
+  // start-up and saved resolved; a value that differs from the shards' is an error. Sampling checks
+  // --text-encoder against it.
+  std::string text_encoder;
+  std::string text_null;
 };
 
 struct DiffusionConfig {
@@ -126,6 +149,26 @@ struct EvalConfig {
   std::vector<std::string> prompts;
   int64_t prompts_every = 0;  // 0: only at the end of training when prompts are given
   int64_t prompts_images = 4;
+  // model.conditioning=precomputed: the frozen TorchScript text encoder of the shards' embeddings
+  // and its tokenizer ("bytes" or a SentencePiece .model), which the validation prompts (and FID
+  // prompts without stored embeddings) are embedded with; checked against the shards' at start-up.
+  std::string text_encoder;
+  std::string text_tokenizer = "bytes";
+  // data.latents: the TorchScript VAE decoder (docs/LATENTS.md) that turns the FID point's and the
+  // validation grids' latents into images; required when either is on.
+  std::string vae_decoder;
+};
+
+// The KL autoencoder of `difftrain autoencoder train` (model/autoencoder.h, docs/LATENTS.md);
+// unused by `train`. The run/data/train/... sections drive its training as they drive the UNet's.
+struct AutoencoderConfig {
+  int64_t base_channels = 32;
+  std::vector<int64_t> channel_mults = {1, 2, 2};  // one per level; downsampling factor f = 2^(levels - 1)
+  int64_t num_res_blocks = 1;                      // per encoder level; the decoder has one more
+  int64_t latent_channels = 4;                     // c of the (c, H/f, W/f) latents
+  int64_t norm_groups = 8;
+  double kl_weight = 1e-6;         // loss = reconstruction + kl_weight * KL(q(z|x) || N(0, I))
+  std::string recon_loss = "l1";   // l1 | l2, per-element mean
 };
 
 struct Config {
@@ -138,6 +181,7 @@ struct Config {
   CheckpointConfig checkpoint;
   MonitoringConfig monitoring;
   EvalConfig eval;
+  AutoencoderConfig autoencoder;
 };
 
 // Loads `path` (empty = built-in defaults), applies "key.path=value" overrides,
@@ -148,6 +192,10 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
 Config parse_config_text(const std::string& yaml_text, const std::string& source_name,
                          const std::vector<std::string>& overrides);
 void validate_config(const Config& config);
+
+// What the UNet takes: the latent geometry with data.latents, else the image geometry.
+inline int64_t model_input_size(const Config& c) { return c.data.latents ? c.data.latent_size : c.data.image_size; }
+inline int64_t model_input_channels(const Config& c) { return c.data.latents ? c.data.latent_channels : c.data.channels; }
 // Reads back exactly (parse_config_text(config_to_yaml(c)) == c): strings
 // double-quoted, doubles in the shortest form that reads back as the same double.
 std::string config_to_yaml(const Config& config);

@@ -18,8 +18,10 @@ bool is_geometry_key(const std::string& key) {
   // position would count in another permutation. data.synthetic_count: the built-in
   // dataset's size. model.dropout is regularisation: it adds no weight and changes none.
   // model.checkpoint_activations trades compute for memory; the network is the same.
-  static const std::set<std::string> keys{"run.seed", "data.dir", "data.synthetic_count", "data.image_size",
-                                          "data.channels"};
+  static const std::set<std::string> keys{"run.seed",          "data.dir",           "data.synthetic_count",
+                                          "data.image_size",   "data.channels",      "data.latents",
+                                          "data.latent_channels", "data.latent_size", "data.latent_scale",
+                                          "data.latent_shift", "data.latent_encoder"};
   if (keys.count(key)) return true;
   if (key == "model.dropout" || key == "model.checkpoint_activations") return false;
   return key.rfind("model.", 0) == 0 || key.rfind("diffusion.", 0) == 0;

@@ -14,6 +14,10 @@ model::UNetOptions unet_options_from(const ModelConfig& c, int64_t image_size, i
   o.norm_groups = c.norm_groups;
   o.dropout = c.dropout;
   o.checkpoint_activations = c.checkpoint_activations;
+  o.transformer_ff_mult = c.transformer_ff_mult;
+  o.attention_projections = c.attention_projections;
+  o.scale_shift_norm = c.scale_shift_norm;
+  o.middle_attention = c.middle_attention;
   o.text = {c.max_tokens, c.text_width, c.text_layers, c.text_heads};
   if (c.conditioning == "precomputed") {
     o.conditioning = model::ConditioningSource::kPrecomputed;

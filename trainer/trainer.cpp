@@ -5,13 +5,8 @@
 
 #include <chrono>
 #include <filesystem>
-#include <fstream>
 #include <memory>
 #include <optional>
-#include <set>
-#include <sstream>
-#include <cstdlib>
-#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "data/captions.h"
@@ -23,47 +18,28 @@
 #include "model/tokenizer.h"
 #include "model/unet.h"
 #include "monitoring/metrics.h"
-#include "monitoring/progress.h"
 #include "trainer/batch_tensors.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config_diff.h"
+#include "trainer/data_identity.h"
 #include "distributed/communicator.h"
 #include "trainer/ema.h"
 #include "distributed/gradient_reducer.h"
 #include "trainer/loss_scaler.h"
-#include "trainer/lr_schedule.h"
 #include "trainer/model_options.h"
 #include "distributed/mpi_session.h"
 #include "trainer/precision.h"
-#include "trainer/nonfinite_guard.h"
 #include "trainer/run_lock.h"
-#include "trainer/throughput_window.h"
+#include "trainer/training_loop.h"
+#include "trainer/training_loop_parts.h"
 #include "trainer/sample_draws.h"
 #include "trainer/stop_signal.h"
-#include "distributed/weights_agreement.h"
 
 namespace difftrain {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
 namespace {
-
-data::ImageGeometry geometry_of(const Config& c) { return {c.data.image_size, c.data.image_size, c.data.channels}; }
-
-// A user's data directory is only ever read: without data.synthetic a missing
-// or empty data.dir is an error naming it, never a reason to write a dataset.
-void check_user_data_dir(const Config& c) {
-  const std::string hint =
-      "; expected a directory of *.h5 shards (make them with `difftrain make-shards`, docs/SHARD_FORMAT.md), "
-      "or set data.synthetic=true to write the built-in shapes dataset there";
-  std::error_code ec;
-  if (!fs::exists(c.data.dir, ec)) throw ConfigError("config key 'data.dir' = " + c.data.dir + ": does not exist" + hint);
-  if (!fs::is_directory(c.data.dir, ec)) throw ConfigError("config key 'data.dir' = " + c.data.dir + ": is not a directory" + hint);
-  bool has_shard = false;
-  for (const auto& entry : fs::directory_iterator(c.data.dir, ec))
-    has_shard = has_shard || (entry.is_regular_file() && entry.path().extension() == data::kShardExtension);
-  if (!has_shard) throw ConfigError("config key 'data.dir' = " + c.data.dir + ": holds no *.h5 shard" + hint);
-}
 
 // One warning, with the count, when the tokenizer will cut captions.
 void warn_about_long_captions(const Config& c) {
@@ -76,24 +52,10 @@ void warn_about_long_captions(const Config& c) {
                lengths.example_longer.substr(0, static_cast<size_t>(c.model.max_tokens)));
 }
 
-// Rank 0 writes the built-in dataset when asked and missing; the others wait.
-void prepare_data(const Config& c, Communicator& comm) {
-  if (comm.rank() == 0 && !c.data.synthetic) check_user_data_dir(c);
-  if (comm.rank() == 0 && c.data.synthetic) {
-    data::SyntheticSpec spec;
-    spec.count = c.data.synthetic_count;
-    spec.image_size = c.data.image_size;
-    spec.seed = static_cast<uint64_t>(c.run.seed) + 1234;
-    const auto paths = data::write_synthetic_shards(c.data.dir, spec);
-    spdlog::info("data: {} shards of built-in captioned shapes in {}", paths.size(), c.data.dir);
-  }
-  comm.barrier("data: rank 0 writes the built-in dataset");
-}
-
 // model.conditioning=precomputed: the shards' embeddings must have the configured shape and
 // carry the null condition, which is returned (one sample, float16 bits).
 TextEmbeddingBits check_text_embeddings(const Config& c) {
-  const auto shards = data::open_shard_directory(c.data.dir, geometry_of(c));
+  const auto shards = data::open_shard_directory(c.data.dir, image_geometry_of(c));
   const auto shape = data::text_embedding_shape(shards);
   const std::string where = "model.conditioning=precomputed, but the shards in data.dir = " + c.data.dir;
   if (!shape)
@@ -118,60 +80,11 @@ TextEmbeddingBits check_text_embeddings(const Config& c) {
   return null;
 }
 
-double global_grad_norm(const std::vector<torch::Tensor>& grads) {
-  double sum = 0;
-  for (const auto& g : grads) sum += g.pow(2).sum().item<double>();
-  return std::sqrt(sum);
-}
-
-void clip_gradients(const std::vector<torch::Tensor>& grads, double norm, double max_norm) {
-  if (max_norm <= 0 || norm <= max_norm) return;
-  torch::NoGradGuard no_grad;
-  const double factor = max_norm / (norm + 1e-6);
-  for (const auto& g : grads) g.mul_(factor);
-}
-
-void set_learning_rate(torch::optim::Optimizer& optimizer, double lr) {
-  for (auto& group : optimizer.param_groups()) static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
-}
-
-
-bool all_finite(const std::vector<torch::Tensor>& tensors) {
-  for (const auto& t : tensors)
-    if (!torch::isfinite(t).all().item<bool>()) return false;
-  return true;
-}
-
-// Test hooks (tests/reliability_tests.py): DIFFTRAIN_TEST_NONFINITE_STEPS="5,6,7" or "5@1,6@1"
-// makes the loss NaN in the 5th, 6th, 7th optimizer step this process runs (on every rank,
-// or only on the rank after '@'); DIFFTRAIN_TEST_NONFINITE_WEIGHTS="10" makes one weight
-// infinite after the 10th step's update. Counted per process, so a rolled-back run does not
-// meet the same injected step again.
-std::set<int64_t> injected_steps(const char* variable, int rank) {
-  std::set<int64_t> steps;
-  const char* spec = std::getenv(variable);
-  if (spec == nullptr) return steps;
-  std::stringstream ss(spec);
-  for (std::string item; std::getline(ss, item, ',');) {
-    const auto at = item.find('@');
-    try {
-      if (at == std::string::npos || std::stoi(item.substr(at + 1)) == rank) steps.insert(std::stoll(item.substr(0, at)));
-    } catch (const std::exception&) {
-      throw std::runtime_error(std::string(variable) + "='" + std::string(spec) +
-                               "': expected comma-separated steps, each optionally followed by @rank");
-    }
-  }
-  return steps;
-}
-
-void append_jsonl(const fs::path& path, const nlohmann::json& line) {
-  std::ofstream out(path, std::ios::app);
-  out << line.dump() << "\n";
-}
-
 }  // namespace
 
-void train(const Config& config, MpiSession& session, const TrainingHooks& hooks) {
+void train(const Config& given_config, MpiSession& session, const TrainingHooks& hooks) {
+  // The saved config names the encoders that made precomputed embeddings and latents.
+  const Config config = resolve_data_identity(given_config);
   torch::set_num_threads(static_cast<int>(config.train.threads));
   const torch::Device device(config.train.device == "cuda" ? torch::kCUDA : torch::kCPU,
                              config.train.device == "cuda" ? session.local_rank() : -1);
@@ -188,36 +101,17 @@ void train(const Config& config, MpiSession& session, const TrainingHooks& hooks
   }
   // After the run lock (a job refused there must not push "failed" over the running job's state), before
   // what can fail: from here on a failure leaves by ~TrainingMetrics, which sets state failed and pushes it.
-  std::unique_ptr<monitoring::TrainingMetrics> metrics;
-  if (config.monitoring.enabled || !config.monitoring.pushgateway.empty()) {
-    monitoring::MetricsOptions metrics_options;
-    if (config.monitoring.enabled)
-      metrics_options.bind_address =
-          config.monitoring.host + ":" + std::to_string(config.monitoring.port + session.local_rank());
-    metrics_options.rank = comm->rank();
-    metrics_options.run = config.run.name;
-    metrics_options.pushgateway = config.monitoring.pushgateway;
-    metrics = std::make_unique<monitoring::TrainingMetrics>(metrics_options);
-    if (lead && config.monitoring.enabled)
-      spdlog::info("metrics: http://{}/metrics (+ local rank for the other ranks)", metrics->bound_address());
-  }
-
+  auto metrics = open_training_metrics(config, comm->rank(), session.local_rank());
   prepare_data(config, *comm);
-  data::LoaderOptions loader_options;
-  loader_options.shard_dir = config.data.dir;
-  loader_options.geometry = geometry_of(config);
-  loader_options.batch_size = config.train.batch_size;
-  loader_options.rank = comm->rank();
-  loader_options.world_size = comm->world_size();
-  loader_options.seed = static_cast<uint64_t>(config.run.seed);
-  loader_options.prefetch_batches = static_cast<int>(config.data.prefetch_batches);
+  data::LoaderOptions loader_options = loader_options_of(config, *comm);
   const bool precomputed = config.model.conditioning == "precomputed";
   loader_options.load_text_embeddings = precomputed;
+  loader_options.load_latents = config.data.latents;
   TextEmbeddingBits null_condition;
   if (precomputed) null_condition = check_text_embeddings(config);
 
   torch::manual_seed(config.run.seed);
-  const auto unet_options = unet_options_from(config.model, config.data.image_size, config.data.channels);
+  const auto unet_options = unet_options_from(config.model, model_input_size(config), model_input_channels(config));
   model::UNet net(unet_options), ema_net(unet_options);
   net->to(device);
   ema_net->to(device);
@@ -271,8 +165,9 @@ void train(const Config& config, MpiSession& session, const TrainingHooks& hooks
                  loader.batches_per_epoch(), config.train.batch_size,
                  config.data.random_flip ? ", random horizontal flips" : "");
     if (precomputed)
-      spdlog::info("conditioning: precomputed text embeddings L={} D={} D'={} from the shards",
-                   loader.text_shape().tokens, loader.text_shape().width, loader.text_shape().pooled_width);
+      spdlog::info("conditioning: precomputed text embeddings L={} D={} D'={} from the shards ({}, null condition: {})",
+                   loader.text_shape().tokens, loader.text_shape().width, loader.text_shape().pooled_width,
+                   config.model.text_encoder, config.model.text_null);
     else
       warn_about_long_captions(config);
   }
@@ -281,240 +176,77 @@ void train(const Config& config, MpiSession& session, const TrainingHooks& hooks
 
   const auto schedule = diffusion::make_schedule(config.diffusion.schedule, config.diffusion.timesteps);
   const auto prediction = diffusion::parse_prediction(config.diffusion.prediction);
-  const int64_t H = config.data.image_size, C = config.data.channels, B = config.train.batch_size;
+  // The UNet's input: images, or latents (c, h, h) with data.latents.
+  const int64_t H = model_input_size(config), C = model_input_channels(config), B = config.train.batch_size;
+  data::LatentInfo latent_scaling;
+  if (config.data.latents) {
+    latent_scaling = *loader.latents();
+    latent_scaling.scale = config.data.latent_scale;
+    latent_scaling.shift = config.data.latent_shift;
+    if (lead)
+      spdlog::info("data: latents {} from {}, diffused as (latents - {}) * {}", data::to_string(latent_scaling.shape),
+                   config.data.latent_encoder, latent_scaling.shift, latent_scaling.scale);
+  }
   install_stop_signal_handlers();
-  const fs::path stats_path = fs::path(config.run.dir) / "metrics.jsonl";
-  double loss_sum = 0, comm_wait_sum = 0;
-  int64_t loss_count = 0;
-  const auto run_start = Clock::now();
-  const auto now_seconds = [&] { return std::chrono::duration<double>(Clock::now() - run_start).count(); };
-  ThroughputWindow window;
-  window.start(state.step, now_seconds());
-  NonfiniteGuard guard(config.train.nonfinite_patience, config.train.on_divergence == "rollback",
-                       config.train.max_rollbacks);
-  const auto injected = injected_steps("DIFFTRAIN_TEST_NONFINITE_STEPS", comm->rank());
-  const auto injected_weights = injected_steps("DIFFTRAIN_TEST_NONFINITE_WEIGHTS", comm->rank());
-  if (lead && !(injected.empty() && injected_weights.empty()))
-    spdlog::warn("fault injection: non-finite loss at {} step(s), non-finite weights after {} step(s) "
-                 "(DIFFTRAIN_TEST_NONFINITE_*)", injected.size(), injected_weights.size());
-  // Divergence: restore the newest verified checkpoint (collective) or end with an error.
-  const auto roll_back_or_stop = [&](StepVerdict verdict, int64_t at_step, const std::string& what) {
-    if (verdict == StepVerdict::kStop)
-      throw std::runtime_error("training diverged: " + what + "; train.on_divergence=" + config.train.on_divergence +
-                               ", " + std::to_string(guard.rollbacks()) + " rollback(s) of at most " +
-                               std::to_string(config.train.max_rollbacks) + " done. The newest checkpoint under " +
-                               checkpoints_dir(config.run.dir) + " holds finite weights: lower train.lr or raise "
-                               "train.grad_clip's strictness and run again to resume from it");
-    CheckpointContents contents{*net, *ema_net, optimizer};
-    const auto point = resume_from_newest_checkpoint(*comm, config.run.dir, contents);
-    if (!point)
-      throw std::runtime_error("training diverged: " + what + ", and there is no checkpoint to roll back to yet "
-                               "(checkpoint.every=" + std::to_string(config.checkpoint.every) + "); lower train.lr");
-    state.step = point->state.step;
-    scaler.restore(point->state.loss_scale, point->state.loss_scale_clean_steps);
-    guard.rolled_back();
-    if (metrics) metrics->record_rollback();
-    if (lead) {
-      spdlog::warn("{}: rolled back to {} (step {}), going on with the next data (rollback {} of at most {})", what,
-                   point->dir, state.step, guard.rollbacks(), config.train.max_rollbacks);
-      append_jsonl(stats_path, {{"event", "rollback"}, {"step", at_step}, {"to_step", state.step},
-                                {"checkpoint", point->dir}, {"images_seen", state.images_seen}});
+  LoopHooks loop;
+  loop.loss = [&](const data::Batch& batch, std::vector<std::pair<double, double>>&) {
+    auto x0 = (config.data.latents ? latents_to_tensor(batch.latents, batch.size, latent_scaling)
+                                   : images_to_tensor(batch.images, batch.size, H, H, C))
+                  .to(device);
+    const auto draws = draw_samples(static_cast<uint64_t>(config.run.seed), batch.position.epoch,
+                                    batch.position.batch * global_batch + comm->rank(), comm->world_size(), B,
+                                    schedule.timesteps, {C, H, H}, config.train.cond_dropout);
+    // Each sample's flip is part of its draws, so resume and rank-equivalence stay exact.
+    if (config.data.random_flip) x0 = torch::where(draws.flip.view({B, 1, 1, 1}).to(device), x0.flip({3}), x0);
+    // Condition dropout: the caption becomes the null condition (all padding for the
+    // built-in encoder; the stored embedding of the empty caption for precomputed ones).
+    torch::Tensor tokens;
+    model::Conditioning condition;
+    if (precomputed) {
+      condition = precomputed_conditioning({batch.text_states, batch.text_mask, batch.text_pooled}, batch.size,
+                                           batch.text_shape, null_condition, draws.drop);
+      condition.context = condition.context.to(device);
+      condition.mask = condition.mask.to(device);
+      if (condition.pooled.defined()) condition.pooled = condition.pooled.to(device);
+    } else {
+      tokens = tokenize_batch(batch.captions, config.model.max_tokens)
+                   .masked_fill(draws.drop.unsqueeze(1), model::kPadToken)
+                   .to(device);
     }
-    loss_sum = 0, loss_count = 0, comm_wait_sum = 0;
-    window.start(state.step, now_seconds());
+    auto t = draws.timesteps.to(device);
+    auto noise = draws.noise.to(device);
+    auto x_t = diffusion::q_sample(schedule, x0, t, noise);
+    auto target = diffusion::training_target(prediction, schedule, x0, noise, t);
+
+    torch::Tensor output;
+    {
+      AutocastScope autocast(precision, device);
+      output = precomputed ? net->forward(x_t, t, condition) : net->forward(x_t, t, tokens);
+    }
+    // The step's loss is the mean over its micro-batches, as one batch of accum * B would give.
+    return torch::mse_loss(output.to(torch::kFloat32), target) / static_cast<double>(accum);
   };
-  net->train();
-
-  int64_t iteration = 0;  // optimizer steps this process ran, rolled back or not
-  while (state.step < config.train.max_steps) {
-    const auto step_start = Clock::now();
-    ++iteration;
-    reducer.zero_grad();
-    double loss_value = 0;
-    data::LoaderPosition last_position;
-    for (int64_t micro = 0; micro < accum; ++micro) {
-      data::Batch batch = loader.next();
-      last_position = batch.position;
-      auto x0 = images_to_tensor(batch.images, batch.size, H, H, C).to(device);
-      const auto draws = draw_samples(static_cast<uint64_t>(config.run.seed), batch.position.epoch,
-                                      batch.position.batch * global_batch + comm->rank(), comm->world_size(), B,
-                                      schedule.timesteps, {C, H, H}, config.train.cond_dropout);
-      // Each sample's flip is part of its draws, so resume and rank-equivalence stay exact.
-      if (config.data.random_flip) x0 = torch::where(draws.flip.view({B, 1, 1, 1}).to(device), x0.flip({3}), x0);
-      // Condition dropout: the caption becomes the null condition (all padding for the
-      // built-in encoder; the stored embedding of the empty caption for precomputed ones).
-      torch::Tensor tokens;
-      model::Conditioning condition;
-      if (precomputed) {
-        condition = precomputed_conditioning({batch.text_states, batch.text_mask, batch.text_pooled}, batch.size,
-                                             batch.text_shape, null_condition, draws.drop);
-        condition.context = condition.context.to(device);
-        condition.mask = condition.mask.to(device);
-        if (condition.pooled.defined()) condition.pooled = condition.pooled.to(device);
-      } else {
-        tokens = tokenize_batch(batch.captions, config.model.max_tokens)
-                     .masked_fill(draws.drop.unsqueeze(1), model::kPadToken)
-                     .to(device);
-      }
-      auto t = draws.timesteps.to(device);
-      auto noise = draws.noise.to(device);
-      auto x_t = diffusion::q_sample(schedule, x0, t, noise);
-      auto target = diffusion::training_target(prediction, schedule, x0, noise, t);
-
-      torch::Tensor output;
-      {
-        AutocastScope autocast(precision, device);
-        output = precomputed ? net->forward(x_t, t, condition) : net->forward(x_t, t, tokens);
-      }
-      // The step's loss is the mean over its micro-batches, as one batch of accum * B would give.
-      auto loss = torch::mse_loss(output.to(torch::kFloat32), target) / static_cast<double>(accum);
-      if (injected.count(iteration)) loss = loss * std::numeric_limits<double>::quiet_NaN();
-      reducer.begin_backward(/*sync=*/micro + 1 == accum);
-      (loss * scaler.scale()).backward();
-      loss_value += loss.item<double>();
-    }
-    reducer.finish();
-    const auto& grads = reducer.gradients();
-    // Averaged gradients are identical on every rank, so every rank makes the same skip decision.
-    const bool finite = scaler.unscale_and_check(grads);
-    // An fp16 overflow is the loss scaler's to handle until its scale reaches the floor.
-    const bool nonfinite = !finite && (!scaler.enabled() || scaler.scale() <= 1.0);
-    scaler.update(finite);
-    const StepVerdict verdict = guard.observe(!nonfinite);
-    if (verdict == StepVerdict::kRollBack || verdict == StepVerdict::kStop) {
-      if (metrics) metrics->record_nonfinite_step();
-      roll_back_or_stop(verdict, state.step + 1, std::to_string(guard.streak()) + " consecutive steps with non-finite gradients, "
-                                 "the last at step " + std::to_string(state.step + 1) + " (loss " +
-                                 std::to_string(loss_value) + " on rank " + std::to_string(comm->rank()) + ")");
-      continue;
-    }
-    if (nonfinite && lead) {
-      spdlog::warn("step {}: non-finite gradients (loss {} on rank 0), step skipped ({} of {} in a row allowed)",
-                   state.step + 1, loss_value, guard.streak(), guard.patience() - 1);
-      append_jsonl(stats_path, {{"event", "nonfinite"}, {"step", state.step + 1}, {"images_seen", state.images_seen},
-                                {"streak", guard.streak()}});
-    }
-    const double lr = learning_rate_at(state.step, config.train.lr, config.train.warmup_steps,
-                                       config.train.max_steps, config.train.min_lr_ratio);
-    double grad_norm = 0;
-    if (finite) {
-      grad_norm = global_grad_norm(grads);
-      clip_gradients(grads, grad_norm, config.train.grad_clip);
-      set_learning_rate(optimizer, lr);
-      optimizer.step();
-      if (injected_weights.count(iteration)) {
-        torch::NoGradGuard no_grad;
-        params.front().view(-1)[0].fill_(std::numeric_limits<double>::infinity());
-      }
-    }
-    state.step += 1;
-    if (finite) ema.update(state.step);
-    state.images_seen += global_batch * accum;
-    state.samples_in_epoch = (last_position.batch + 1) * global_batch;
-    state.epoch = last_position.epoch;
-    if (last_position.batch + 1 == loader.batches_per_epoch()) state.epoch += 1, state.samples_in_epoch = 0;
-    state.loss_scale = scaler.scale();
-    state.loss_scale_clean_steps = scaler.clean_steps();
-
-    if (std::isfinite(loss_value)) loss_sum += loss_value, loss_count += 1;  // non-finite steps are counted apart
-    comm_wait_sum += reducer.last_step().wait_seconds;
-    const double step_seconds = std::chrono::duration<double>(Clock::now() - step_start).count();
-    if (metrics) {
-      monitoring::StepStats stats;
-      stats.loss = loss_value;
-      stats.learning_rate = lr;
-      stats.step_seconds = step_seconds;
-      stats.images_per_second = static_cast<double>(B * accum) / step_seconds;
-      stats.grad_norm = grad_norm;
-      stats.loss_scale = scaler.scale();
-      stats.images = B * accum;
-      stats.skipped = !finite;
-      stats.nonfinite = nonfinite;
-      stats.comm_wait_seconds = reducer.last_step().wait_seconds;
-      stats.step = state.step;
-      stats.images_seen = state.images_seen;
-      metrics->record_step(stats);
-    }
-
-    if (state.step % config.train.log_every == 0 || state.step == config.train.max_steps) {
-      const auto totals = comm->allreduce_sum({loss_sum, static_cast<double>(loss_count), comm_wait_sum},
-                                              "loss statistics");
-      const double mean_loss = totals[0] / totals[1];
-      const double elapsed = window.training_seconds(now_seconds());
-      const double per_step = elapsed / static_cast<double>(window.steps(state.step));
-      const double images_per_second = static_cast<double>(global_batch * accum) / per_step;
-      // Mean over ranks of the time the training thread waited for gradient all-reduces.
-      const double comm_wait_fraction = totals[2] / comm->world_size() / elapsed;
-      if (lead) {
-        std::printf("%s\n", monitoring::format_progress(state.step, config.train.max_steps, mean_loss,
-                                                        images_per_second, per_step)
-                                .c_str());
-        std::fflush(stdout);
-        append_jsonl(stats_path, {{"step", state.step},
-                                  {"images_seen", state.images_seen},
-                                  {"loss", mean_loss},
-                                  {"learning_rate", lr},
-                                  {"grad_norm", grad_norm},
-                                  {"images_per_second", images_per_second},
-                                  {"comm_wait_fraction", comm_wait_fraction},
-                                  {"loss_scale", scaler.scale()},
-                                  {"nonfinite_steps", guard.total()},
-                                  {"rollbacks", guard.rollbacks()}});
-      }
-      loss_sum = 0, loss_count = 0, comm_wait_sum = 0;
-      window.start(state.step, now_seconds());
-    }
-
-    if (config.eval.every > 0 && hooks.fid && state.step % config.eval.every == 0) {
-      const auto eval_start = Clock::now();
+  // The FID point (collective) and the validation grids (rank 0) of the EMA weights.
+  const fs::path stats_path = fs::path(config.run.dir) / "metrics.jsonl";
+  loop.after_step = [&](int64_t step) {
+    const auto start = Clock::now();
+    if (config.eval.every > 0 && hooks.fid && step % config.eval.every == 0) {
       const double fid = hooks.fid(ema_net, *comm);
       if (metrics) metrics->set_fid(fid);
       if (lead) {
-        spdlog::info("step {}: FID {:.3f} ({} {} steps, w={}, {} images, {:.1f} s)", state.step, fid,
-                     config.eval.sampler, config.eval.steps, config.eval.guidance, config.eval.samples,
-                     std::chrono::duration<double>(Clock::now() - eval_start).count());
-        append_jsonl(stats_path, {{"step", state.step}, {"images_seen", state.images_seen}, {"fid", fid}});
+        spdlog::info("step {}: FID {:.3f} ({} {} steps, w={}, {} images, {:.1f} s)", step, fid, config.eval.sampler,
+                     config.eval.steps, config.eval.guidance, config.eval.samples,
+                     std::chrono::duration<double>(Clock::now() - start).count());
+        append_jsonl(stats_path, {{"step", step}, {"images_seen", state.images_seen}, {"fid", fid}});
       }
-      net->train();
-      window.exclude(std::chrono::duration<double>(Clock::now() - eval_start).count());  // not training time
     }
-
-    const bool last_step = state.step == config.train.max_steps;
     if (hooks.validation && lead &&
-        ((config.eval.prompts_every > 0 && state.step % config.eval.prompts_every == 0) || last_step)) {
-      const auto validation_start = Clock::now();
-      hooks.validation(ema_net, state.step);
-      net->train();
-      window.exclude(std::chrono::duration<double>(Clock::now() - validation_start).count());
-    }
-
-    // One tiny all-reduce per step: every rank stops at the same step if any rank was signalled.
-    const bool stop = comm->allreduce_sum({pending_stop_signal() != 0 ? 1.0 : 0.0}, "stop flag")[0] > 0;
-    if (stop || state.step % config.checkpoint.every == 0 || state.step == config.train.max_steps) {
-      // Never a checkpoint with non-finite weights (finite gradients with an extreme learning rate
-      // can still overflow them): that is divergence too. The weights agree on every rank.
-      if (!all_finite(net->parameters()) || !all_finite(ema_net->parameters())) {
-        const bool can_roll_back = config.train.on_divergence == "rollback" &&
-                                   guard.rollbacks() < config.train.max_rollbacks;
-        roll_back_or_stop(can_roll_back ? StepVerdict::kRollBack : StepVerdict::kStop, state.step,
-                          "the weights are not finite at step " + std::to_string(state.step) +
-                              " (not written as a checkpoint)");
-        continue;
-      }
-      require_identical_weights(*comm, *net, "checkpoint at step " + std::to_string(state.step));
-      CheckpointContents contents{*net, *ema_net, optimizer};
-      const auto path = save_checkpoint(*comm, config.run.dir, state, contents, config_yaml, config.checkpoint.keep);
-      if (lead) spdlog::info("checkpoint: {}", path);
-    }
-    if (stop) {
-      if (lead) spdlog::info("stopping at step {} on a stop signal (SIGTERM/SIGUSR1); run the same command to resume",
-                             state.step);
-      if (metrics) metrics->finish(monitoring::JobState::kStopped);
-      return;
-    }
-  }
-  if (lead) spdlog::info("training done: step {} in {}", state.step, config.run.dir);
-  if (metrics) metrics->finish(monitoring::JobState::kFinished);
+        ((config.eval.prompts_every > 0 && step % config.eval.prompts_every == 0) || step == config.train.max_steps))
+      hooks.validation(ema_net, step);
+    return std::chrono::duration<double>(Clock::now() - start).count();
+  };
+  run_training_loop(config, *comm, config_yaml, {*net, *ema_net, optimizer, reducer, scaler, ema}, loader, state,
+                    metrics.get(), loop);
 }
 
 }  // namespace difftrain
