@@ -34,35 +34,9 @@ namespace {
 // No single activation of a step may exceed this (the bound of docs/CONFIG.md, "Memory").
 constexpr double kMaxTensorBytes = 32.0 * (int64_t{1} << 30);
 
-// A resumed run against the configuration its checkpoint saved: a changed geometry key is an
-// error listing every such change; the other changes are logged and, when `record`, written to
-// metrics.jsonl as a config_change event (as check_resumed_config does for `train`).
-void check_resumed_autoencoder_config(const Config& run, const std::string& checkpoint_dir, int64_t step, bool record) {
-  std::vector<std::string> unknown;
-  const auto changes =
-      diff_saved_config(read_checkpoint_config(checkpoint_dir), checkpoint_dir + "/config.yaml", run, &unknown);
-  std::string geometry;
-  for (const auto& c : changes)
-    if (is_autoencoder_geometry_key(c.key))
-      geometry += (geometry.empty() ? "" : "; ") + c.key + ": checkpoint has " + c.checkpoint_value +
-                  ", this run has " + c.run_value;
-  if (!geometry.empty())
-    throw ConfigError("run.dir " + run.run.dir + " holds checkpoint " + checkpoint_dir +
-                      " of an autoencoder run with another network, loss or data: " + geometry +
-                      ". These keys define the checkpoint's weights or its data position, so resuming would mix two "
-                      "runs: use another run.dir to start a new run, or set them back to the checkpoint's values to "
-                      "resume it");
-  if (!record) return;
-  for (const auto& key : unknown)
-    spdlog::warn("config: the checkpoint's config.yaml sets '{}', which this build does not know; not compared", key);
-  if (changes.empty()) return;
-  nlohmann::json recorded = nlohmann::json::object();
-  for (const auto& c : changes) {
-    spdlog::info("config: {} changed since the checkpoint: {} -> {}", c.key, c.checkpoint_value, c.run_value);
-    recorded[c.key] = {{"checkpoint", nlohmann::json::parse(c.checkpoint_value)},
-                       {"run", nlohmann::json::parse(c.run_value)}};
-  }
-  append_jsonl(fs::path(run.run.dir) / "metrics.jsonl", {{"event", "config_change"}, {"step", step}, {"changes", recorded}});
+// Resuming an autoencoder run: its network keys are autoencoder.*, not model.*.
+ResumeKeys autoencoder_resume_keys() {
+  return {is_autoencoder_geometry_key, "an autoencoder run with another network, loss or data"};
 }
 
 // Rank 0, before any weights are loaded: the newest complete checkpoint must be an
@@ -86,7 +60,7 @@ void check_run_dir_before_resume(const Config& config) {
   } catch (const CheckpointError&) {
     return;
   }
-  check_resumed_autoencoder_config(config, *newest, 0, false);
+  refuse_geometry_changes(config, *newest, autoencoder_resume_keys());
 }
 
 }  // namespace
@@ -188,20 +162,9 @@ void train_autoencoder(const Config& config, MpiSession& session) {
   const auto recon_kind = model::parse_reconstruction_loss(config.autoencoder.recon_loss);
   const double kl_weight = config.autoencoder.kl_weight;
 
-  TrainingState state;
-  state.world_size = comm->world_size();
-  if (auto resumed = resume_from_newest_checkpoint(*comm, config.run.dir, {*net, *ema_net, optimizer})) {
-    state = resumed->state;
-    scaler.restore(state.loss_scale, state.loss_scale_clean_steps);
-    if (lead) spdlog::info("resumed from {} at step {}", resumed->dir, state.step);
-    if (lead) check_resumed_autoencoder_config(config, resumed->dir, state.step, true);
-    if (state.world_size != comm->world_size() && lead)
-      spdlog::info("checkpoint was written by {} ranks, resuming with {}: data position kept by sample count",
-                   state.world_size, comm->world_size());
-    state.world_size = comm->world_size();
-  }
-  comm->broadcast(net->parameters(), 0, "initial weights");
-  comm->broadcast(ema_net->parameters(), 0, "initial EMA weights");
+  TrainingState state = resume_or_start(*comm, config, {*net, *ema_net, optimizer}, scaler, [&](const std::string& dir, int64_t step) {
+    check_resumed_config(config, dir, step, autoencoder_resume_keys());
+  });
   GradientReducer reducer(params, *comm, static_cast<int64_t>(config.distributed.bucket_mb * 1e6),
                           static_cast<int64_t>(config.distributed.first_bucket_mb * 1e6));
   if (lead) {

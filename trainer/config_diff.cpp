@@ -58,21 +58,26 @@ std::vector<ConfigChange> diff_saved_config(const std::string& saved_yaml, const
   return changes;
 }
 
-void check_resumed_config(const Config& run, const std::string& checkpoint_dir, int64_t step) {
-  std::vector<std::string> unknown;
-  const auto changes =
-      diff_saved_config(read_checkpoint_config(checkpoint_dir), checkpoint_dir + "/config.yaml", run, &unknown);
+void refuse_geometry_changes(const Config& run, const std::string& checkpoint_dir, const ResumeKeys& keys) {
+  const auto changes = diff_saved_config(read_checkpoint_config(checkpoint_dir), checkpoint_dir + "/config.yaml", run);
   std::string geometry;
   for (const auto& c : changes)
-    if (c.geometry)
+    if (keys.is_geometry(c.key))
       geometry += (geometry.empty() ? "" : "; ") + c.key + ": checkpoint has " + c.checkpoint_value +
                   ", this run has " + c.run_value;
   if (!geometry.empty())
-    throw ConfigError("run.dir " + run.run.dir + " holds checkpoint " + checkpoint_dir +
-                      " of a run with another model or data: " + geometry +
+    throw ConfigError("run.dir " + run.run.dir + " holds checkpoint " + checkpoint_dir + " of " + keys.what + ": " +
+                      geometry +
                       ". These keys define the checkpoint's weights or its data position, so resuming would mix two "
                       "runs: use another run.dir to start a new run, or set them back to the checkpoint's values to "
                       "resume it");
+}
+
+void check_resumed_config(const Config& run, const std::string& checkpoint_dir, int64_t step, const ResumeKeys& keys) {
+  refuse_geometry_changes(run, checkpoint_dir, keys);
+  std::vector<std::string> unknown;
+  const auto changes =
+      diff_saved_config(read_checkpoint_config(checkpoint_dir), checkpoint_dir + "/config.yaml", run, &unknown);
   for (const auto& key : unknown)
     spdlog::warn("config: the checkpoint's config.yaml sets '{}', which this build does not know; not compared", key);
   if (changes.empty()) return;

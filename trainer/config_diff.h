@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -37,9 +38,22 @@ bool is_geometry_key(const std::string& key);
 std::vector<ConfigChange> diff_saved_config(const std::string& saved_yaml, const std::string& source_name,
                                             const Config& run, std::vector<std::string>* unknown = nullptr);
 
+// Which keys a resume may not change, and how the error describes a run that differs in them.
+// The diffusion trainer's is the default; the autoencoder trainer has its own (its network
+// keys are autoencoder.*).
+struct ResumeKeys {
+  std::function<bool(const std::string& key)> is_geometry = is_geometry_key;
+  std::string what = "a run with another model or data";
+};
+
+// Throws ConfigError listing every change of a geometry key between the config saved in
+// `checkpoint_dir` and `run`, and how to proceed.
+void refuse_geometry_changes(const Config& run, const std::string& checkpoint_dir, const ResumeKeys& keys = {});
+
 // Rank 0, after the checkpoint in `checkpoint_dir` (resumed at `step`) is loaded:
-// throws ConfigError listing the geometry changes and how to proceed; otherwise
-// logs and records the other changes (nothing when there are none).
-void check_resumed_config(const Config& run, const std::string& checkpoint_dir, int64_t step);
+// refuse_geometry_changes; then logs the other changes and records them in metrics.jsonl
+// as a config_change event (nothing when there are none).
+void check_resumed_config(const Config& run, const std::string& checkpoint_dir, int64_t step,
+                          const ResumeKeys& keys = {});
 
 }  // namespace difftrain

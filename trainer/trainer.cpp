@@ -125,23 +125,8 @@ void train(const Config& given_config, MpiSession& session, const TrainingHooks&
   DynamicLossScaler scaler(precision == Precision::kFp16);
   Ema ema(*net, *ema_net, config.train.ema_decay);
 
-  TrainingState state;
-  state.world_size = comm->world_size();
-  // Rank 0 picks the newest checkpoint that verifies and sends its bytes: ranks need no shared disk.
-  if (auto resumed = resume_from_newest_checkpoint(*comm, config.run.dir, {*net, *ema_net, optimizer})) {
-    state = resumed->state;
-    scaler.restore(state.loss_scale, state.loss_scale_clean_steps);
-    if (lead) spdlog::info("resumed from {} at step {}", resumed->dir, state.step);
-    // A changed model/data key ends the job here (rank 0's error aborts every rank); other changes are recorded.
-    if (lead) check_resumed_config(config, resumed->dir, state.step);
-    if (state.world_size != comm->world_size() && lead)
-      spdlog::info("checkpoint was written by {} ranks, resuming with {}: data position kept by sample count",
-                   state.world_size, comm->world_size());
-    state.world_size = comm->world_size();
-  }
-  // Identical starting weights on every rank, whatever each rank loaded or initialised.
-  comm->broadcast(net->parameters(), 0, "initial weights");
-  comm->broadcast(ema_net->parameters(), 0, "initial EMA weights");
+  TrainingState state = resume_or_start(*comm, config, {*net, *ema_net, optimizer}, scaler,
+                                        [&](const std::string& dir, int64_t step) { check_resumed_config(config, dir, step); });
   // After the weights are final and in place: gradients become views into its buckets.
   GradientReducer reducer(params, *comm, static_cast<int64_t>(config.distributed.bucket_mb * 1e6),
                           static_cast<int64_t>(config.distributed.first_bucket_mb * 1e6));

@@ -12,6 +12,7 @@
 #include "data/shard_format.h"
 #include "data/synthetic_shapes.h"
 #include "distributed/communicator.h"
+#include "trainer/loss_scaler.h"
 #include "trainer/stop_signal.h"
 
 namespace difftrain {
@@ -68,6 +69,30 @@ std::unique_ptr<monitoring::TrainingMetrics> open_training_metrics(const Config&
   if (rank == 0 && c.monitoring.enabled)
     spdlog::info("metrics: http://{}/metrics (+ local rank for the other ranks)", metrics->bound_address());
   return metrics;
+}
+
+TrainingState resume_or_start(Communicator& comm, const Config& config, const CheckpointContents& contents,
+                              DynamicLossScaler& scaler,
+                              const std::function<void(const std::string& dir, int64_t step)>& check_config) {
+  const bool lead = comm.rank() == 0;
+  TrainingState state;
+  state.world_size = comm.world_size();
+  // Rank 0 picks the newest checkpoint that verifies and sends its bytes: ranks need no shared disk.
+  if (auto resumed = resume_from_newest_checkpoint(comm, config.run.dir, contents)) {
+    state = resumed->state;
+    scaler.restore(state.loss_scale, state.loss_scale_clean_steps);
+    if (lead) spdlog::info("resumed from {} at step {}", resumed->dir, state.step);
+    // A changed model/data key ends the job here (rank 0's error aborts every rank); other changes are recorded.
+    if (lead) check_config(resumed->dir, state.step);
+    if (state.world_size != comm.world_size() && lead)
+      spdlog::info("checkpoint was written by {} ranks, resuming with {}: data position kept by sample count",
+                   state.world_size, comm.world_size());
+    state.world_size = comm.world_size();
+  }
+  // Identical starting weights on every rank, whatever each rank loaded or initialised.
+  comm.broadcast(contents.model.parameters(), 0, "initial weights");
+  comm.broadcast(contents.ema.parameters(), 0, "initial EMA weights");
+  return state;
 }
 
 double global_grad_norm(const std::vector<torch::Tensor>& grads) {

@@ -5,6 +5,7 @@
 //   image_geometry_of, check_user_data_dir, prepare_data, loader_options_of  (data)
 //   open_training_metrics                                                     (monitoring)
 //   global_grad_norm, clip_gradients, set_learning_rate, all_finite           (optimizer step)
+//   resume_or_start                                                           (start-up)
 //   advance_data_position, stop_requested_on_any_rank                         (bookkeeping)
 //   injected_steps, append_jsonl                                              (tests, metrics.jsonl)
 #pragma once
@@ -14,6 +15,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -27,6 +29,7 @@
 namespace difftrain {
 
 class Communicator;
+class DynamicLossScaler;
 
 // (data.image_size, data.image_size, data.channels): what the shards' images must be.
 data::ImageGeometry image_geometry_of(const Config& config);
@@ -46,6 +49,15 @@ data::LoaderOptions loader_options_of(const Config& config, const Communicator& 
 // Pushgateway; null when both are off. Call after the run lock and before anything that can
 // fail: from then on a failure leaves by ~TrainingMetrics, which pushes state failed.
 std::unique_ptr<monitoring::TrainingMetrics> open_training_metrics(const Config& config, int rank, int local_rank);
+
+// Collective. The newest checkpoint under run.dir that verifies (rank 0 reads it, every rank
+// receives it) loaded into `contents` and `scaler`, its state returned with this run's world
+// size — or a fresh state when there is none; then rank 0's weights and EMA weights are
+// broadcast, so every rank starts from the same ones. On resume rank 0 first runs
+// check_config(checkpoint dir, step), e.g. check_resumed_config.
+TrainingState resume_or_start(Communicator& comm, const Config& config, const CheckpointContents& contents,
+                              DynamicLossScaler& scaler,
+                              const std::function<void(const std::string& dir, int64_t step)>& check_config);
 
 // Global L2 norm of the gradients.
 double global_grad_norm(const std::vector<torch::Tensor>& grads);
