@@ -1,6 +1,7 @@
 """The table of launch/latent_fashion_mnist_job.sh: pixel against latent diffusion on Fashion-MNIST at
 equal wall time. Usage: latent_report.py OUT_DIR PIXEL_STEPS LATENT_STEPS BUDGET_SECONDS > report.md;
-also writes OUT_DIR/report.json."""
+also writes OUT_DIR/report.json and OUT_DIR/comparison.png (per class: the first samples of the pixel
+model, then of the latent model, same prompts and seeds)."""
 import json
 import pathlib
 import re
@@ -17,6 +18,27 @@ def run_stats(run):
     ips = [r["images_per_second"] for r in rows]
     return {"steps": rows[-1]["step"], "images_seen": rows[-1]["images_seen"], "final_loss": rows[-1]["loss"],
             "train_images_per_second_median": sorted(ips)[len(ips) // 2]}
+
+
+def comparison_grid(out, per_class=6, scale=2):
+    from PIL import Image
+    rows = {}
+    for kind in ("pixel", "latent"):
+        for line in (out / f"{kind}-samples" / "manifest.jsonl").read_text().splitlines():
+            entry = json.loads(line)
+            files = rows.setdefault(entry["prompt"], {}).setdefault(kind, [])
+            if len(files) < per_class:
+                files.append(out / f"{kind}-samples" / entry["file"])
+    prompts = sorted(rows)
+    size = Image.open(rows[prompts[0]]["pixel"][0]).size[0] * scale
+    gap = size // 2
+    grid = Image.new("L", (2 * per_class * size + gap, len(prompts) * size), 255)
+    for r, prompt in enumerate(prompts):
+        for k, kind in enumerate(("pixel", "latent")):
+            for c, path in enumerate(rows[prompt][kind]):
+                image = Image.open(path).convert("L").resize((size, size), Image.NEAREST)
+                grid.paste(image, (k * (per_class * size + gap) + c * size, r * size))
+    grid.save(out / "comparison.png")
 
 
 def main():
@@ -41,6 +63,7 @@ def main():
                       "class_agreement": match["accuracy"]})
         report[kind] = stats
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    comparison_grid(out)
     p, l, a = report["pixel"], report["latent"], report["autoencoder"]
     print(f"Autoencoder: reconstruction PSNR {a['psnr_db']:.2f} dB on the test split, trained in "
           f"{a['train_seconds']:.0f} s; latents of the training split in {a['encode_images_seconds']:.0f} s.\n")

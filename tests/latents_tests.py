@@ -46,6 +46,8 @@ class TinyVaeEncoder(torch.nn.Module):
             return z.flatten(2)
         if self.mode == "nan":
             return z * float("nan")
+        if self.mode == "int":
+            return z.to(torch.int32)
         return z
 
 
@@ -295,6 +297,7 @@ class BadInput(LatentTest):
             (self.dir / "garbage.pt", ["garbage.pt", "TorchScript"]),
             (save_scripted(self.dir / "rank3.pt", TinyVaeEncoder(0, mode="rank3")), ["rank3.pt", "(B, c, h, w)"]),
             (save_scripted(self.dir / "nan.pt", TinyVaeEncoder(0, mode="nan")), ["nan.pt", "non-finite"]),
+            (save_scripted(self.dir / "int.pt", TinyVaeEncoder(0, mode="int")), ["int.pt", "dtype Int", "floating-point"]),
         ]
         (self.dir / "garbage.pt").write_bytes(b"not a zip file")
         before = {p.name: p.read_bytes() for p in data.glob("*.h5")}
