@@ -1,0 +1,94 @@
+"""The Python eager twin of the UNet (bench/twin/, the comparator of the speed benchmark against Python,
+issue 12) against difftrain itself: a tiny model trained here, its `difftrain export` weights loaded into the
+twin, the same network output to float tolerance and the same DDIM samples as `difftrain sample`.
+Run with /usr/bin/python3: twin_tests.py DIFFTRAIN_BINARY TEST_CLASS."""
+import pathlib
+import subprocess
+import sys
+import unittest
+
+import numpy as np
+import torch
+import yaml
+
+from cli_test_util import TrainedRunTest
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "bench"))
+from twin import sampling, unet  # noqa: E402
+
+TINY = str(HERE / "tiny.yaml")
+PROMPTS = ("a red circle", "a blue square")
+
+
+def read_png(path):
+    from PIL import Image
+    return np.asarray(Image.open(path))
+
+
+class TwinTest(TrainedRunTest):
+    prefix = "difftrain-twin-"
+
+    def train_args(self, run_dir, *extra, data="data"):
+        return ["train", "--config", TINY, f"run.dir={self.dir / run_dir}", f"data.dir={self.dir / data}",
+                "data.synthetic=false", *extra]
+
+    def twin_of_trained_run(self):
+        r = subprocess.run([self.binary, "make-data", "--out", str(self.dir / "data"), "--count", "24", "--image-size",
+                            "8", "--shard-size", "12"], capture_output=True, text=True, timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        # A high learning rate, so that a few steps move every weight away from its initialisation.
+        self.train("run", "train.max_steps=8", "checkpoint.every=8", "train.lr=0.02", "train.warmup_steps=0")
+        model = self.dir / "m.pt"
+        r = subprocess.run([self.binary, "export", "--checkpoint", str(self.dir / "run"), "--out", str(model)],
+                           capture_output=True, text=True, timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        exported = torch.jit.load(str(model))
+        config = yaml.safe_load((self.dir / "run" / "checkpoints" / "step-000000008" / "config.yaml").read_text())
+        twin = unet.load_exported(unet.build_from_config(config), exported).eval()
+        return twin, exported, config
+
+
+class Equivalence(TwinTest):
+    def test_twin_output_equals_the_exported_network(self):
+        twin, exported, config = self.twin_of_trained_run()
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(6, 3, 8, 8, generator=g)
+        t = torch.tensor([0, 1, 10, 25, 40, 49])
+        tokens = sampling.byte_tokens(["a red circle", "", "a blue square", "x", "a", "a long caption here"],
+                                      config["model"]["max_tokens"])
+        with torch.no_grad():
+            want, got = exported(x, t, tokens), twin(x, t, tokens)
+        self.assertEqual(got.shape, want.shape)
+        scale = want.abs().max().item()
+        self.assertGreater(scale, 1e-3)  # trained: not the zero-initialised output
+        print(f"twin: max |output difference| {(got - want).abs().max().item():.3g} (output scale {scale:.3g})", file=sys.stderr)
+        self.assertLess((got - want).abs().max().item(), 1e-5 * max(1.0, scale))
+
+    def test_twin_samples_equal_difftrain_sample(self):
+        twin, exported, config = self.twin_of_trained_run()
+        args = [self.binary, "sample", "--checkpoint", str(self.dir / "run"), "--out", str(self.dir / "s"),
+                "--sampler", "ddim", "--steps", "5", "--eta", "0", "--spacing", "leading", "--clip", "off", "--seed",
+                "7", "--images-per-prompt", "2", "--guidance", "1", "3"]
+        for p in PROMPTS:
+            args += ["--prompt", p]
+        r = subprocess.run(args, capture_output=True, text=True, timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr[-3000:])
+        captions = [p for p in PROMPTS for _ in range(2)]
+        tokens = sampling.byte_tokens(captions, config["model"]["max_tokens"])
+        exact = 0
+        for w in (1.0, 3.0):
+            x = sampling.ddim_sample(twin, tokens, [7 + i for i in range(4)], (3, 8, 8), exported.alphas_cumprod, 5, w)
+            pixels = sampling.to_pixels(x)
+            for i in range(4):
+                cpp = read_png(self.dir / "s" / f"w{w:g}-{i:05d}.png")
+                diff = np.abs(pixels[i].astype(int) - cpp.astype(int))
+                self.assertLessEqual(diff.max(), 1, (w, i))
+                exact += int(diff.max() == 0)
+        print(f"twin: {exact} of 8 DDIM samples identical to difftrain's, the others within one level", file=sys.stderr)
+        self.assertGreaterEqual(exact, 6, "most images are identical to the last bit of the 8-bit pixels")
+
+
+if __name__ == "__main__":
+    TwinTest.binary = sys.argv[1]
+    unittest.main(argv=[sys.argv[0], sys.argv[2]] if len(sys.argv) > 2 else [sys.argv[0]], verbosity=2)
