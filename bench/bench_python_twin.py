@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""difftrain against its PyTorch eager twin (bench/twin/, issue 12), training: the same model, the same
+"""difftrain against its PyTorch eager twin (bench/twin/, issue 12), training and sampling. Training: the same model, the same
 weights, the same step (forward, MSE on eps, backward, global-norm clipping, AdamW with the warm-up +
 cosine learning rate, EMA), the same batch size and torch thread count.
 
@@ -11,6 +11,10 @@ twin's over the same steps; peak RSS is each child's ru_maxrss (os.wait4). The l
 before every run. The twin uses what a Python user gets without effort: PyTorch's default AdamW,
 clip_grad_norm_, batch-wise torch.randint/randn draws, the whole training set in memory as a uint8
 tensor (difftrain reads each sample from HDF5 on its loader thread).
+Sampling (--sample-images N > 0): `difftrain sample` and the twin's loop (bench/twin/sampling.py), DDIM 25
+steps, w = 3 (batched guidance), one batch of N images, the same prompts and seeds, interleaved. difftrain's
+time runs from its "sampling ..." log line (model loaded) to the process's exit (PNG writing included); the
+twin's covers its sampling loop only (no PNGs), which favours the twin slightly.
 Usage: bench/bench_python_twin.py [--binary build/cli/difftrain] [--pairs 3] [--steps 60]
        [--precision fp32|bf16] [--set key=value ...] (e.g. --set data.image_size=32 --set model.base_channels=64)
 """
@@ -57,6 +61,50 @@ def twin_train(work, steps, index, precision):
     if code != 0:
         raise SystemExit(f"twin failed ({code}): see {work / f'twin-{index}.log'}")
     return json.loads(out.read_text())["images_per_second"], rss
+
+
+def difftrain_sample(binary, work, images, index, threads):
+    from datetime import datetime
+    args = [binary, "sample", "--checkpoint", str(work / "init"), "--out", str(work / f"samples-{index}"), "--sampler",
+            "ddim", "--steps", "25", "--eta", "0", "--spacing", "leading", "--clip", "off", "--guidance", "3",
+            "--seed", "0", "--images-per-prompt", str(images), "--batch-size", str(images), "--prompt", "a red circle",
+            "--threads", str(threads)]
+    log = work / f"sample-{index}.log"
+    code, rss = run_child(args, log)
+    end = time.time()
+    if code != 0:
+        raise SystemExit(f"difftrain sample failed ({code}): see {log}")
+    line = next(l for l in log.read_text().splitlines() if "] sampling " in l)
+    start = datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S.%f").timestamp()
+    return images / (end - start), rss
+
+
+def twin_sample(work, images, index):
+    out = work / f"twin-sample-{index}.json"
+    code, rss = run_child([sys.executable, __file__, "--twin-sample-child", str(work), str(images), str(out)],
+                          work / f"twin-sample-{index}.log")
+    if code != 0:
+        raise SystemExit(f"twin sampling failed ({code}): see {work / f'twin-sample-{index}.log'}")
+    return json.loads(out.read_text())["images_per_second"], rss
+
+
+def twin_sample_child(work, images, out):
+    import torch
+    import yaml
+    from twin import sampling, unet
+
+    config = yaml.safe_load((work / "config.yaml").read_text())
+    torch.set_num_threads(config["train"]["threads"])
+    exported = torch.jit.load(str(work / "model.pt"))
+    # The checkpoint's EMA weights, as `difftrain sample` uses them.
+    model = unet.load_exported(unet.build_from_config(config), exported).eval()
+    d = config["data"]
+    tokens = sampling.byte_tokens(["a red circle"] * images, config["model"]["max_tokens"])
+    start = time.perf_counter()
+    x = sampling.ddim_sample(model, tokens, list(range(images)), (d["channels"], d["image_size"], d["image_size"]),
+                             exported.alphas_cumprod, 25, 3.0)
+    sampling.to_pixels(x)
+    out.write_text(json.dumps({"images_per_second": images / (time.perf_counter() - start)}))
 
 
 def twin_child(work, steps, precision, out):
@@ -129,6 +177,9 @@ def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--twin-child":
         twin_child(pathlib.Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4], pathlib.Path(sys.argv[5]))
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "--twin-sample-child":
+        twin_sample_child(pathlib.Path(sys.argv[2]), int(sys.argv[3]), pathlib.Path(sys.argv[4]))
+        return
     parser = argparse.ArgumentParser()
     parser.add_argument("--binary", default=str(ROOT / "build" / "cli" / "difftrain"))
     parser.add_argument("--pairs", type=int, default=3)
@@ -136,6 +187,7 @@ def main():
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--set", action="append", default=[], help="a config override key=value")
+    parser.add_argument("--sample-images", type=int, default=0, help="also time sampling this many images (0: off)")
     a = parser.parse_args()
     import torch
     import yaml
@@ -181,6 +233,17 @@ def main():
               f"twin {ips_py:.1f} images/s (peak RSS {rss_py:.0f} MB, load {load_twin:.2f}): ratio {ratios[-1]:.3f}")
     print(f"training, {a.precision}, {a.threads} thread(s), overrides {a.set or 'none'}: "
           f"difftrain / twin images/s median {statistics.median(ratios):.3f} over {a.pairs} pairs")
+    if a.sample_images > 0:
+        ratios = []
+        for i in range(a.pairs):
+            load = os.getloadavg()[0]
+            ips_cpp, rss_cpp = difftrain_sample(a.binary, work, a.sample_images, i, a.threads)
+            ips_py, rss_py = twin_sample(work, a.sample_images, i)
+            ratios.append(ips_cpp / ips_py)
+            print(f"sampling pair {i + 1}: difftrain {ips_cpp:.2f} images/s (peak RSS {rss_cpp:.0f} MB, load {load:.2f}), "
+                  f"twin {ips_py:.2f} images/s (peak RSS {rss_py:.0f} MB): ratio {ratios[-1]:.3f}")
+        print(f"sampling DDIM 25, w = 3, {a.sample_images} images, fp32: difftrain / twin images/s median "
+              f"{statistics.median(ratios):.3f} over {a.pairs} pairs")
     shutil.rmtree(work, ignore_errors=True)
 
 
