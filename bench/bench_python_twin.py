@@ -15,8 +15,12 @@ Sampling (--sample-images N > 0): `difftrain sample` and the twin's loop (bench/
 steps, w = 3 (batched guidance), one batch of N images, the same prompts and seeds, interleaved. difftrain's
 time runs from its "sampling ..." log line (model loaded) to the process's exit (PNG writing included); the
 twin's covers its sampling loop only (no PNGs), which favours the twin slightly.
+--variant "NAME:ENV=VALUE ..." (repeatable) adds a difftrain run with those environment variables to every
+pair, e.g. "levers off:DIFFTRAIN_MALLOC=system DIFFTRAIN_ONEDNN_MATMUL=0", so each lever's before/after is
+measured in the same interleaved run (docs/BENCHMARKS.md); BINARY=path runs another build (e.g. an older commit's).
 Usage: bench/bench_python_twin.py [--binary build/cli/difftrain] [--pairs 3] [--steps 60]
        [--precision fp32|bf16] [--set key=value ...] (e.g. --set data.image_size=32 --set model.base_channels=64)
+       [--sample-images 64] [--variant "NAME:ENV=VALUE ..."]
 """
 import argparse
 import copy
@@ -35,19 +39,21 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 
-def run_child(args, log):
+def run_child(args, log, env=None):
     """(returncode, peak RSS in MB) of a child process."""
     with open(log, "w") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         _, status, usage = os.wait4(proc.pid, 0)
     return os.waitstatus_to_exitcode(status), usage.ru_maxrss / 1024.0
 
 
-def difftrain_train(binary, work, config_args, steps, index):
+def difftrain_train(binary, work, config_args, steps, index, env=None):
+    binary = (env or {}).get("BINARY", binary)
     run_dir = work / f"difftrain-{index}"
+    shutil.rmtree(run_dir, ignore_errors=True)
     args = [binary, "train", *config_args, f"run.dir={run_dir}", f"train.max_steps={steps}",
             f"train.log_every={steps // 2}", "checkpoint.every=1000000"]
-    code, rss = run_child(args, work / f"difftrain-{index}.log")
+    code, rss = run_child(args, work / f"difftrain-{index}.log", env)
     if code != 0:
         raise SystemExit(f"difftrain train failed ({code}): see {work / f'difftrain-{index}.log'}")
     rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if '"images_per_second"' in l]
@@ -63,14 +69,16 @@ def twin_train(work, steps, index, precision):
     return json.loads(out.read_text())["images_per_second"], rss
 
 
-def difftrain_sample(binary, work, images, index, threads):
+def difftrain_sample(binary, work, images, index, threads, precision, env=None):
+    binary = (env or {}).get("BINARY", binary)
     from datetime import datetime
     args = [binary, "sample", "--checkpoint", str(work / "init"), "--out", str(work / f"samples-{index}"), "--sampler",
             "ddim", "--steps", "25", "--eta", "0", "--spacing", "leading", "--clip", "off", "--guidance", "3",
             "--seed", "0", "--images-per-prompt", str(images), "--batch-size", str(images), "--prompt", "a red circle",
-            "--threads", str(threads)]
+            "--threads", str(threads), "--precision", precision]
     log = work / f"sample-{index}.log"
-    code, rss = run_child(args, log)
+    shutil.rmtree(work / f"samples-{index}", ignore_errors=True)
+    code, rss = run_child(args, log, env)
     end = time.time()
     if code != 0:
         raise SystemExit(f"difftrain sample failed ({code}): see {log}")
@@ -79,16 +87,16 @@ def difftrain_sample(binary, work, images, index, threads):
     return images / (end - start), rss
 
 
-def twin_sample(work, images, index):
+def twin_sample(work, images, index, precision):
     out = work / f"twin-sample-{index}.json"
-    code, rss = run_child([sys.executable, __file__, "--twin-sample-child", str(work), str(images), str(out)],
+    code, rss = run_child([sys.executable, __file__, "--twin-sample-child", str(work), str(images), precision, str(out)],
                           work / f"twin-sample-{index}.log")
     if code != 0:
         raise SystemExit(f"twin sampling failed ({code}): see {work / f'twin-sample-{index}.log'}")
     return json.loads(out.read_text())["images_per_second"], rss
 
 
-def twin_sample_child(work, images, out):
+def twin_sample_child(work, images, precision, out):
     import torch
     import yaml
     from twin import sampling, unet
@@ -102,7 +110,7 @@ def twin_sample_child(work, images, out):
     tokens = sampling.byte_tokens(["a red circle"] * images, config["model"]["max_tokens"])
     start = time.perf_counter()
     x = sampling.ddim_sample(model, tokens, list(range(images)), (d["channels"], d["image_size"], d["image_size"]),
-                             exported.alphas_cumprod, 25, 3.0)
+                             exported.alphas_cumprod, 25, 3.0, precision)
     sampling.to_pixels(x)
     out.write_text(json.dumps({"images_per_second": images / (time.perf_counter() - start)}))
 
@@ -178,7 +186,7 @@ def main():
         twin_child(pathlib.Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4], pathlib.Path(sys.argv[5]))
         return
     if len(sys.argv) > 1 and sys.argv[1] == "--twin-sample-child":
-        twin_sample_child(pathlib.Path(sys.argv[2]), int(sys.argv[3]), pathlib.Path(sys.argv[4]))
+        twin_sample_child(pathlib.Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4], pathlib.Path(sys.argv[5]))
         return
     parser = argparse.ArgumentParser()
     parser.add_argument("--binary", default=str(ROOT / "build" / "cli" / "difftrain"))
@@ -188,7 +196,13 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--set", action="append", default=[], help="a config override key=value")
     parser.add_argument("--sample-images", type=int, default=0, help="also time sampling this many images (0: off)")
+    parser.add_argument("--variant", action="append", default=[],
+                        help='another difftrain run per pair: "NAME:ENV=VALUE ..." (e.g. levers switched off)')
     a = parser.parse_args()
+    variants = [("difftrain", {})]
+    for v in a.variant:
+        name, _, assignments = v.partition(":")
+        variants.append((name, dict(kv.split("=", 1) for kv in assignments.split())))
     import torch
     import yaml
     from twin import unet
@@ -222,28 +236,41 @@ def main():
     if diff > 1e-4:
         raise SystemExit("the twin does not compute difftrain's network: no timing")
 
-    ratios = []
+    def report(kind, rates, twin_rates):
+        for name, _ in variants:
+            r = [c / p for c, p in zip(rates[name], twin_rates)]
+            print(f"{kind}: {name} / twin images/s per pair {', '.join(f'{x:.3f}' for x in r)}, "
+                  f"median {statistics.median(r):.3f} over {a.pairs} pairs")
+        for name, _ in variants[1:]:
+            r = [c / p for c, p in zip(rates["difftrain"], rates[name])]
+            print(f"{kind}: difftrain / {name} per pair {', '.join(f'{x:.3f}' for x in r)}, "
+                  f"median {statistics.median(r):.3f}")
+
+    rates, twin_rates = {name: [] for name, _ in variants}, []
     for i in range(a.pairs):
-        load = os.getloadavg()[0]
-        ips_cpp, rss_cpp = difftrain_train(a.binary, work, config_args, a.steps, i)
-        load_twin = os.getloadavg()[0]
-        ips_py, rss_py = twin_train(work, a.steps, i, a.precision)
-        ratios.append(ips_cpp / ips_py)
-        print(f"pair {i + 1}: difftrain {ips_cpp:.1f} images/s (peak RSS {rss_cpp:.0f} MB, load {load:.2f}), "
-              f"twin {ips_py:.1f} images/s (peak RSS {rss_py:.0f} MB, load {load_twin:.2f}): ratio {ratios[-1]:.3f}")
-    print(f"training, {a.precision}, {a.threads} thread(s), overrides {a.set or 'none'}: "
-          f"difftrain / twin images/s median {statistics.median(ratios):.3f} over {a.pairs} pairs")
-    if a.sample_images > 0:
-        ratios = []
-        for i in range(a.pairs):
+        for name, env in variants:
             load = os.getloadavg()[0]
-            ips_cpp, rss_cpp = difftrain_sample(a.binary, work, a.sample_images, i, a.threads)
-            ips_py, rss_py = twin_sample(work, a.sample_images, i)
-            ratios.append(ips_cpp / ips_py)
-            print(f"sampling pair {i + 1}: difftrain {ips_cpp:.2f} images/s (peak RSS {rss_cpp:.0f} MB, load {load:.2f}), "
-                  f"twin {ips_py:.2f} images/s (peak RSS {rss_py:.0f} MB): ratio {ratios[-1]:.3f}")
-        print(f"sampling DDIM 25, w = 3, {a.sample_images} images, fp32: difftrain / twin images/s median "
-              f"{statistics.median(ratios):.3f} over {a.pairs} pairs")
+            ips, rss = difftrain_train(a.binary, work, config_args, a.steps, i, env)
+            rates[name].append(ips)
+            print(f"pair {i + 1}: {name} {ips:.1f} images/s (peak RSS {rss:.0f} MB, load {load:.2f})")
+        load = os.getloadavg()[0]
+        ips, rss = twin_train(work, a.steps, i, a.precision)
+        twin_rates.append(ips)
+        print(f"pair {i + 1}: twin {ips:.1f} images/s (peak RSS {rss:.0f} MB, load {load:.2f})")
+    report(f"training, {a.precision}, {a.threads} thread(s), overrides {a.set or 'none'}", rates, twin_rates)
+    if a.sample_images > 0:
+        rates, twin_rates = {name: [] for name, _ in variants}, []
+        for i in range(a.pairs):
+            for name, env in variants:
+                load = os.getloadavg()[0]
+                ips, rss = difftrain_sample(a.binary, work, a.sample_images, i, a.threads, a.precision, env)
+                rates[name].append(ips)
+                print(f"sampling pair {i + 1}: {name} {ips:.2f} images/s (peak RSS {rss:.0f} MB, load {load:.2f})")
+            load = os.getloadavg()[0]
+            ips, rss = twin_sample(work, a.sample_images, i, a.precision)
+            twin_rates.append(ips)
+            print(f"sampling pair {i + 1}: twin {ips:.2f} images/s (peak RSS {rss:.0f} MB, load {load:.2f})")
+        report(f"sampling DDIM 25, w = 3, {a.sample_images} images, {a.precision}", rates, twin_rates)
     shutil.rmtree(work, ignore_errors=True)
 
 

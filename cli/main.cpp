@@ -22,6 +22,7 @@
 #include <memory>
 #include <optional>
 
+#include "cli/allocator_tuning.h"
 #include "cli/autoencoder_command.h"
 #include "cli/fail.h"
 #include "cli/encode_images_command.h"
@@ -259,6 +260,7 @@ int run_checkpoint_info(const std::string& path) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  difftrain::cli::tune_allocator();
   CLI::App app{"difftrain: train and evaluate text-conditioned diffusion models"};
   app.require_subcommand(1);
 

@@ -6,6 +6,7 @@ set -euo pipefail
 packages=(
   g++ cmake ninja-build ccache pkg-config git
   libtorch-dev libopenblas0-openmp          # LibTorch 1.13 (CPU); OpenBLAS instead of the reference BLAS
+  libdnnl-dev                               # oneDNN headers (LibTorch already links its libdnnl.so.2): attention matmul
   libopenmpi-dev openmpi-bin                # MPI
   libhdf5-dev libyaml-cpp-dev prometheus-cpp-dev libgtest-dev libcli11-dev
   libspdlog-dev nlohmann-json3-dev libgd-dev

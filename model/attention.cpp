@@ -1,5 +1,7 @@
 #include "model/attention.h"
 
+#include "model/batched_matmul.h"
+
 #include <torch/nn/functional/activation.h>
 
 #include <cmath>
@@ -10,7 +12,7 @@ namespace difftrain::model {
 torch::Tensor scaled_dot_product_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                            const torch::Tensor& key_valid) {
   const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
-  auto scores = torch::matmul(q, k.transpose(-1, -2)) * scale;  // (B, heads, Nq, Nk)
+  auto scores = batched_matmul(q, k.transpose(-1, -2)) * scale;  // (B, heads, Nq, Nk)
   torch::Tensor has_key;  // (B, 1, 1, 1): the row has at least one key to attend to
   if (key_valid.defined()) {
     // Masked keys get -inf, so they get exactly zero weight. A row whose keys are
@@ -24,7 +26,7 @@ torch::Tensor scaled_dot_product_attention(const torch::Tensor& q, const torch::
   auto weights = torch::softmax(scores.to(torch::kFloat32), -1);
   if (has_key.defined()) weights = weights * has_key.to(torch::kFloat32);
   weights = weights.to(v.scalar_type());
-  return torch::matmul(weights, v);  // (B, heads, Nq, d)
+  return batched_matmul(weights, v);  // (B, heads, Nq, d)
 }
 
 MultiHeadAttentionImpl::MultiHeadAttentionImpl(int64_t query_dim, int64_t context_dim, int64_t heads_)

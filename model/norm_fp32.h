@@ -13,4 +13,14 @@ torch::Tensor norm_fp32(Norm& norm, const torch::Tensor& x) {
   return norm(x.to(torch::kFloat32)).to(x.scalar_type());
 }
 
+// The float32 output itself, for a norm followed by elementwise work (scale/shift,
+// SiLU) before a convolution: that work then runs in float32 and the convolution's
+// autocast rounds once to bf16/fp16. Same values in float32 training; under bf16
+// autocast more precise and faster, since LibTorch 1.13's CPU SiLU and its backward
+// are 2.5-4x slower in bfloat16 than in float32 (issue 12, docs/BENCHMARKS.md).
+template <class Norm>
+torch::Tensor norm_in_fp32(Norm& norm, const torch::Tensor& x) {
+  return norm(x.to(torch::kFloat32));
+}
+
 }  // namespace difftrain::model

@@ -18,6 +18,7 @@
 #include "trainer/checkpoint.h"
 #include "trainer/config_diff.h"
 #include "trainer/ema.h"
+#include "trainer/fused_adamw.h"
 #include "trainer/loss_scaler.h"
 #include "trainer/precision.h"
 #include "trainer/run_lock.h"
@@ -153,7 +154,7 @@ void train_autoencoder(const Config& config, MpiSession& session) {
   copy_weights(*net, *ema_net);
   ema_net->eval();
   const auto params = net->parameters();
-  torch::optim::AdamW optimizer(params, torch::optim::AdamWOptions(config.train.lr)
+  FusedAdamW optimizer(params, torch::optim::AdamWOptions(config.train.lr)
                                             .betas({config.train.adam_beta1, config.train.adam_beta2})
                                             .weight_decay(config.train.weight_decay));
   const Precision precision = parse_precision(config.train.precision);

@@ -24,6 +24,7 @@
 #include "trainer/data_identity.h"
 #include "distributed/communicator.h"
 #include "trainer/ema.h"
+#include "trainer/fused_adamw.h"
 #include "distributed/gradient_reducer.h"
 #include "trainer/loss_scaler.h"
 #include "trainer/model_options.h"
@@ -118,7 +119,7 @@ void train(const Config& given_config, MpiSession& session, const TrainingHooks&
   copy_weights(*net, *ema_net);
   ema_net->eval();
   const auto params = net->parameters();
-  torch::optim::AdamW optimizer(params, torch::optim::AdamWOptions(config.train.lr)
+  FusedAdamW optimizer(params, torch::optim::AdamWOptions(config.train.lr)
                                             .betas({config.train.adam_beta1, config.train.adam_beta2})
                                             .weight_decay(config.train.weight_decay));
   const Precision precision = parse_precision(config.train.precision);

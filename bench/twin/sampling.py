@@ -21,8 +21,12 @@ def leading_timesteps(T, steps):
     return sorted((i * k for i in range(steps)), reverse=True)
 
 
-def ddim_sample(model, tokens, seeds, image_shape, alphas_cumprod, steps, guidance):
-    """(B, C, H, W) samples in about [-1, 1] (not clamped), B = len(seeds) = len(tokens)."""
+def ddim_sample(model, tokens, seeds, image_shape, alphas_cumprod, steps, guidance, precision="fp32"):
+    """(B, C, H, W) samples in about [-1, 1] (not clamped), B = len(seeds) = len(tokens). precision "bf16": the
+    network under CPU bf16 autocast, its output back to float32 for the update (as diffusion/guidance.cpp)."""
+    def net(*args):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            return model(*args).float()
     a = alphas_cumprod.double()
     ts = leading_timesteps(a.shape[0], steps)
     x = torch.stack([torch.randn(image_shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
@@ -32,9 +36,9 @@ def ddim_sample(model, tokens, seeds, image_shape, alphas_cumprod, steps, guidan
         for k, t in enumerate(ts):
             tt = torch.full((x.shape[0],), t, dtype=torch.long)
             if guidance == 1.0:  # the null branch has weight 0: one forward (diffusion/guidance.cpp)
-                eps = model(x, tt, tokens)
+                eps = net(x, tt, tokens)
             else:
-                eps_c, eps_n = model(torch.cat([x, x]), torch.cat([tt, tt]), both).chunk(2)
+                eps_c, eps_n = net(torch.cat([x, x]), torch.cat([tt, tt]), both).chunk(2)
                 eps = eps_n + guidance * (eps_c - eps_n)
             a_t = a[t].item()
             a_next = a[ts[k + 1]].item() if k + 1 < len(ts) else 1.0
