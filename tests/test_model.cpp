@@ -183,9 +183,10 @@ TEST(Conditioning, PrecomputedUNetTakesContextAndPooledAndAFullyMaskedContextIsF
 // are bit for bit the same, in fp32 and under bf16 autocast-style half scores.
 TEST(Conditioning, MaskingMatchesTheEarlierLargeNegativeRuleBitForBit) {
   auto earlier = [](const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& valid) {
-    auto scores = torch::matmul(q, k.transpose(-1, -2)) * (1.0 / std::sqrt(static_cast<double>(q.size(-1))));
+    // The same matmul as the attention (oneDNN on CPU float32): only the masking rule differs.
+    auto scores = dm::batched_matmul(q, k.transpose(-1, -2)) * (1.0 / std::sqrt(static_cast<double>(q.size(-1))));
     scores = scores.masked_fill(valid.logical_not().unsqueeze(1).unsqueeze(1), -1e4);
-    return torch::matmul(torch::softmax(scores.to(torch::kFloat32), -1).to(v.scalar_type()), v);
+    return dm::batched_matmul(torch::softmax(scores.to(torch::kFloat32), -1).to(v.scalar_type()), v);
   };
   torch::manual_seed(4);
   for (auto dtype : {torch::kFloat32, torch::kBFloat16}) {
