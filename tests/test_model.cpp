@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "model/tokenizer.h"
+#include "model/batched_matmul.h"
 #include "model/unet.h"
 #include "trainer/batch_tensors.h"
 
