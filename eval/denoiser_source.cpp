@@ -1,5 +1,7 @@
 #include "eval/denoiser_source.h"
 
+#include <ATen/autocast_mode.h>
+
 #include "trainer/precision.h"
 
 #include <torch/script.h>
@@ -50,8 +52,26 @@ DenoiserSource denoiser_from_model(model::UNet net, const Config& config, const 
       return net->forward(x, t, unpack_conditions(rows, text.tokens, text.width, text.pooled_width));
     };
   } else {
-    s.network = [net](const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& tokens) mutable {
-      return net->forward(x, t, tokens);
+    // A sampler calls the network with the same captions at every step: the text encoder's output
+    // is kept from the previous call while the tokens and the autocast state are the same (values
+    // identical to encoding again; diffusers' pipelines likewise encode the prompt once). Only
+    // without gradients: training never goes through here with the same tokens twice.
+    struct EncodedCaptions {
+      torch::Tensor tokens;
+      bool autocast = false;
+      model::Conditioning condition;
+    };
+    auto cache = std::make_shared<EncodedCaptions>();
+    s.network = [net, cache](const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& tokens) mutable {
+      if (torch::GradMode::is_enabled()) return net->forward(x, t, tokens);
+      const bool autocast = at::autocast::is_cpu_enabled() || at::autocast::is_enabled();
+      if (!cache->tokens.defined() || cache->autocast != autocast || !cache->tokens.sizes().equals(tokens.sizes()) ||
+          cache->tokens.device() != tokens.device() || !torch::equal(cache->tokens, tokens)) {
+        cache->condition = net->encode_tokens(tokens);
+        cache->tokens = tokens.clone();
+        cache->autocast = autocast;
+      }
+      return net->forward(x, t, cache->condition);
     };
   }
   s.prediction = diffusion::parse_prediction(config.diffusion.prediction);

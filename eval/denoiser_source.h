@@ -74,6 +74,8 @@ constexpr int64_t kMaxTimesteps = 100000;
 // pixel model must not get one (attach_latent_decoder).
 DenoiserSource load_checkpoint_denoiser(const std::string& checkpoint_or_run_dir, const std::string& vae_decoder = "");
 // A model in memory (e.g. the EMA weights during training), sampled as `config` says it was trained.
+// Without gradients its network keeps the built-in text encoder's output for repeated captions
+// (a sampler's every step): make a new source after the weights change, as the training hooks do.
 DenoiserSource denoiser_from_model(model::UNet net, const Config& config, const std::string& description);
 // image_size / max_tokens: used when the file does not carry them (0 = not given).
 // Throws std::runtime_error naming the file and what is wrong with it.

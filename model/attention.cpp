@@ -12,7 +12,7 @@ namespace difftrain::model {
 torch::Tensor scaled_dot_product_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                            const torch::Tensor& key_valid) {
   const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
-  auto scores = batched_matmul(q, k.transpose(-1, -2)) * scale;  // (B, heads, Nq, Nk)
+  auto scores = batched_matmul(q, k.transpose(-1, -2), scale);  // (B, heads, Nq, Nk)
   torch::Tensor has_key;  // (B, 1, 1, 1): the row has at least one key to attend to
   if (key_valid.defined()) {
     // Masked keys get -inf, so they get exactly zero weight. A row whose keys are

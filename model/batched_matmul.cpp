@@ -56,19 +56,21 @@ dnnl::memory::desc describe(int64_t batch, int64_t rows, int64_t cols, bool colu
 
 // (batch, M, K) @ (batch, K, N) -> (batch, M, N), one oneDNN primitive per shape and
 // layout, created once per thread (creation costs far more than execution).
-at::Tensor onednn_product(const PlainOperand& a, const PlainOperand& b) {
+at::Tensor onednn_product(const PlainOperand& a, const PlainOperand& b, float scale) {
   const int64_t batch = a.tensor.size(0), m = a.tensor.size(1), k = a.tensor.size(2), n = b.tensor.size(2);
-  using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, bool, bool, int>;
+  using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, bool, bool, int, float>;
   thread_local dnnl::engine engine(dnnl::engine::kind::cpu, 0);
   thread_local dnnl::stream stream(engine);
   thread_local std::map<Key, dnnl::matmul> primitives;
-  const Key key{batch, m, k, n, a.column_major, b.column_major, at::get_num_threads()};
+  const Key key{batch, m, k, n, a.column_major, b.column_major, at::get_num_threads(), scale};
   auto found = primitives.find(key);
   if (found == primitives.end()) {
     if (primitives.size() >= 512) primitives.clear();  // shapes churn only in unusual callers
     const auto desc = dnnl::matmul::desc(describe(batch, m, k, a.column_major), describe(batch, k, n, b.column_major),
                                          describe(batch, m, n, false));
-    found = primitives.emplace(key, dnnl::matmul(dnnl::matmul::primitive_desc(desc, engine))).first;
+    dnnl::primitive_attr attributes;
+    if (scale != 1.0f) attributes.set_output_scales(0, {scale});
+    found = primitives.emplace(key, dnnl::matmul(dnnl::matmul::primitive_desc(desc, attributes, engine))).first;
   }
   auto out = at::empty({batch, m, n}, a.tensor.options());
   dnnl::memory a_memory(describe(batch, m, k, a.column_major), engine, a.tensor.data_ptr());
@@ -79,10 +81,10 @@ at::Tensor onednn_product(const PlainOperand& a, const PlainOperand& b) {
   return out;
 }
 
-at::Tensor product(const at::Tensor& a, const at::Tensor& b) {
+at::Tensor product(const at::Tensor& a, const at::Tensor& b, float scale) {
   auto sizes = a.sizes().vec();
   sizes.back() = b.size(-1);
-  return onednn_product(plain_operand(a), plain_operand(b)).view(sizes);
+  return onednn_product(plain_operand(a), plain_operand(b), scale).view(sizes);
 }
 
 bool takes_onednn_path(const at::Tensor& a, const at::Tensor& b) {
@@ -98,38 +100,41 @@ bool takes_onednn_path(const at::Tensor& a, const at::Tensor& b) {
   return true;
 }
 
-// C = A·B; dA = dC·Bᵀ, dB = Aᵀ·dC, through batched_matmul again (transposed views are
+// C = s A·B; dA = s dC·Bᵀ, dB = s Aᵀ·dC, through batched_matmul again (transposed views are
 // read in place).
 struct BatchedMatmulFunction : torch::autograd::Function<BatchedMatmulFunction> {
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& a, const at::Tensor& b) {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& a, const at::Tensor& b,
+                            double scale) {
     ctx->save_for_backward({a, b});
-    return product(a, b);
+    ctx->saved_data["scale"] = scale;
+    return product(a, b, static_cast<float>(scale));
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const auto& a = saved[0];
     const auto& b = saved[1];
+    const double scale = ctx->saved_data["scale"].toDouble();
     at::Tensor grad_a, grad_b;
-    if (ctx->needs_input_grad(0)) grad_a = batched_matmul(grads[0], b.transpose(-1, -2));
-    if (ctx->needs_input_grad(1)) grad_b = batched_matmul(a.transpose(-1, -2), grads[0]);
-    return {grad_a, grad_b};
+    if (ctx->needs_input_grad(0)) grad_a = batched_matmul(grads[0], b.transpose(-1, -2), scale);
+    if (ctx->needs_input_grad(1)) grad_b = batched_matmul(a.transpose(-1, -2), grads[0], scale);
+    return {grad_a, grad_b, at::Tensor()};
   }
 };
 
 }  // namespace
 #endif
 
-at::Tensor batched_matmul(const at::Tensor& a, const at::Tensor& b) {
+at::Tensor batched_matmul(const at::Tensor& a, const at::Tensor& b, double scale) {
 #ifdef DIFFTRAIN_HAVE_ONEDNN
   if (takes_onednn_path(a, b)) {
     if ((a.requires_grad() || b.requires_grad()) && torch::GradMode::is_enabled()) {
-      return BatchedMatmulFunction::apply(a, b);
+      return BatchedMatmulFunction::apply(a, b, scale);
     }
-    return product(a, b);
+    return product(a, b, static_cast<float>(scale));
   }
 #endif
-  return torch::matmul(a, b);
+  return scale == 1.0 ? torch::matmul(a, b) : torch::matmul(a, b) * scale;
 }
 
 }  // namespace difftrain::model

@@ -22,8 +22,11 @@
 
 namespace difftrain::model {
 
-// a: (..., M, K), b: (..., K, N) with equal leading dimensions -> (..., M, N).
-at::Tensor batched_matmul(const at::Tensor& a, const at::Tensor& b);
+// a: (..., M, K), b: (..., K, N) with equal leading dimensions -> scale · (a @ b), (..., M, N).
+// The scale is applied to each float32 result inside the oneDNN primitive (its output scale), the
+// same value torch::matmul(a, b) * scale gives without a second pass over the product; attention's
+// 1/sqrt(d) on its (B, heads, Nq, Nk) scores is the case that matters.
+at::Tensor batched_matmul(const at::Tensor& a, const at::Tensor& b, double scale = 1.0);
 
 // Whether batched_matmul would use oneDNN for float32 CPU operands in this process
 // (built with it and not turned off by DIFFTRAIN_ONEDNN_MATMUL=0).

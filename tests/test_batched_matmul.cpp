@@ -2,6 +2,8 @@
 // gradients, every operand layout attention produces), and the cases it must leave
 // to torch::matmul (autocast, bfloat16, broadcasting, tracing).
 #include <gtest/gtest.h>
+
+#include <cmath>
 #include <ATen/autocast_mode.h>
 #include <torch/torch.h>
 
@@ -52,6 +54,28 @@ TEST(BatchedMatmul, ValuesAndGradientsEqualTorchMatmulForEveryLayout) {
     if (a.requires_grad()) expect_close(a.grad(), a_ref.grad(), "grad a");
     expect_close(b.grad(), b_ref.grad(), "grad b");
   }
+}
+
+TEST(BatchedMatmul, ScaleInsideTheProductEqualsMultiplyingAfterwards) {
+  torch::manual_seed(5);
+  const double scale = 1.0 / std::sqrt(32.0);
+  auto q = torch::randn({3, 4, 9, 32}).requires_grad_();
+  auto k = torch::randn({3, 4, 7, 32}).requires_grad_();
+  auto q_ref = q.detach().clone().requires_grad_();
+  auto k_ref = k.detach().clone().requires_grad_();
+  auto out = batched_matmul(q, k.transpose(-1, -2), scale);
+  auto ref = torch::matmul(q_ref, k_ref.transpose(-1, -2)) * scale;
+  // Forward: the float32 product scaled once either way, so equal to the bit.
+  EXPECT_TRUE(torch::equal(out, batched_matmul(q.detach(), k.detach().transpose(-1, -2)) * scale));
+  expect_close(out, ref, "scaled forward");
+  auto grad = torch::randn_like(ref);
+  out.backward(grad);
+  ref.backward(grad);
+  expect_close(q.grad(), q_ref.grad(), "scaled grad q");
+  expect_close(k.grad(), k_ref.grad(), "scaled grad k");
+  // Outside the oneDNN path (bfloat16) the scale is a multiplication after torch::matmul.
+  auto qb = q.detach().to(torch::kBFloat16), kb = k.detach().to(torch::kBFloat16);
+  EXPECT_TRUE(torch::equal(batched_matmul(qb, kb.transpose(-1, -2), scale), torch::matmul(qb, kb.transpose(-1, -2)) * scale));
 }
 
 TEST(BatchedMatmul, NonContiguousBatchesAreCopiedNotMisread) {

@@ -185,7 +185,7 @@ TEST(Conditioning, PrecomputedUNetTakesContextAndPooledAndAFullyMaskedContextIsF
 TEST(Conditioning, MaskingMatchesTheEarlierLargeNegativeRuleBitForBit) {
   auto earlier = [](const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& valid) {
     // The same matmul as the attention (oneDNN on CPU float32): only the masking rule differs.
-    auto scores = dm::batched_matmul(q, k.transpose(-1, -2)) * (1.0 / std::sqrt(static_cast<double>(q.size(-1))));
+    auto scores = dm::batched_matmul(q, k.transpose(-1, -2), 1.0 / std::sqrt(static_cast<double>(q.size(-1))));
     scores = scores.masked_fill(valid.logical_not().unsqueeze(1).unsqueeze(1), -1e4);
     return dm::batched_matmul(torch::softmax(scores.to(torch::kFloat32), -1).to(v.scalar_type()), v);
   };
