@@ -10,7 +10,9 @@
 // for reuse, as a caching allocator would: minor faults fall ~9x and training runs
 // 1.1–1.2x faster (docs/BENCHMARKS.md). The cost is that memory freed below the top
 // of the heap stays with the process (peak RSS grows by a few %).
-// DIFFTRAIN_MALLOC=system in the environment keeps glibc's defaults.
+// Blocks of 1 MiB and more (those above glibc's 32 MiB limit included) go to a caching
+// allocator instead (trainer/caching_cpu_allocator.h), which reuses them across steps.
+// DIFFTRAIN_MALLOC=system in the environment keeps glibc's defaults and LibTorch's allocator.
 #pragma once
 
 namespace difftrain::cli {

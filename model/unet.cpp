@@ -9,6 +9,7 @@
 
 #include "model/activation_checkpoint.h"
 #include "model/norm_fp32.h"
+#include "model/winograd_conv.h"
 
 namespace difftrain::model {
 namespace F = torch::nn::functional;
@@ -48,7 +49,7 @@ ResBlockImpl::ResBlockImpl(int64_t in, int64_t out, int64_t embedding_dim, int64
 }
 
 torch::Tensor ResBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& embedding) {
-  auto h = conv1(torch::silu(norm_in_fp32(norm1, x)));
+  auto h = conv2d_3x3(*conv1, torch::silu(norm_in_fp32(norm1, x)));
   auto projected = embedding_proj(torch::silu(embedding)).unsqueeze(-1).unsqueeze(-1);
   if (scale_shift_norm) {
     // Adaptive group normalisation (Dhariwal & Nichol 2021, sec. 3): GroupNorm(h) (1 + scale) + shift.
@@ -58,7 +59,7 @@ torch::Tensor ResBlockImpl::forward(const torch::Tensor& x, const torch::Tensor&
     // The embedding added to the features (Ho et al. 2020, appendix B; SD's ResnetBlock2D).
     h = norm_in_fp32(norm2, h + projected);
   }
-  h = conv2(dropout(torch::silu(h)));
+  h = conv2d_3x3(*conv2, dropout(torch::silu(h)));
   return (skip ? skip(x) : x) + h;
 }
 
@@ -225,7 +226,7 @@ torch::Tensor UNetImpl::forward(const torch::Tensor& x_t, const torch::Tensor& t
         {x, embedding, context});
   };
 
-  auto h = conv_in(x_t);
+  auto h = conv2d_3x3(*conv_in, x_t);
   std::vector<torch::Tensor> skips{h};
   const int64_t levels = static_cast<int64_t>(options.channel_mults.size());
   size_t down = 0;
@@ -248,10 +249,10 @@ torch::Tensor UNetImpl::forward(const torch::Tensor& x_t, const torch::Tensor& t
     }
     if (level > 0) {
       h = F::interpolate(h, F::InterpolateFuncOptions().scale_factor(std::vector<double>{2, 2}).mode(torch::kNearest));
-      h = upsamplers[levels - 1 - level]->as<torch::nn::Conv2dImpl>()->forward(h);
+      h = conv2d_3x3(*upsamplers[levels - 1 - level]->as<torch::nn::Conv2dImpl>(), h);
     }
   }
-  return conv_out(torch::silu(norm_in_fp32(norm_out, h)));
+  return conv2d_3x3(*conv_out, torch::silu(norm_in_fp32(norm_out, h)));
 }
 
 }  // namespace difftrain::model

@@ -18,6 +18,7 @@
 #include "trainer/loss_scaler.h"
 #include "trainer/lr_schedule.h"
 #include "trainer/nonfinite_guard.h"
+#include "trainer/step_profiler.h"
 #include "trainer/throughput_window.h"
 #include "trainer/training_loop_parts.h"
 
@@ -82,9 +83,11 @@ void run_training_loop(const Config& config, Communicator& comm, const std::stri
   model.net.train();
 
   int64_t iteration = 0;  // optimizer steps this process ran, rolled back or not
+  StepProfiler profiler(comm.rank());  // DIFFTRAIN_PROFILE=trace.json
   while (state.step < config.train.max_steps) {
     const auto step_start = Clock::now();
     ++iteration;
+    profiler.before_step(iteration);
     model.reducer.zero_grad();
     double loss_value = 0;
     std::vector<std::pair<double, double>> extras(hooks.logged.size(), {0.0, 0.0});
@@ -134,6 +137,7 @@ void run_training_loop(const Config& config, Communicator& comm, const std::stri
     }
     state.step += 1;
     if (finite) model.ema.update(state.step);
+    profiler.after_step(iteration);
     advance_data_position(state, last_position, global_batch, accum, loader.batches_per_epoch());
     state.loss_scale = model.scaler.scale();
     state.loss_scale_clean_steps = model.scaler.clean_steps();

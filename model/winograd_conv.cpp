@@ -1,0 +1,284 @@
+#include "model/winograd_conv.h"
+
+#include <ATen/autocast_mode.h>
+#include <torch/csrc/jit/frontend/tracer.h>
+#include <torch/torch.h>
+#include <torch/version.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <optional>
+#include <tuple>
+#include <unordered_map>
+#include <variant>
+
+#ifdef DIFFTRAIN_HAVE_ONEDNN
+#include <dnnl.hpp>
+#endif
+
+namespace difftrain::model {
+
+bool winograd_conv_enabled() {
+#ifdef DIFFTRAIN_HAVE_ONEDNN
+  static const bool enabled = [] {
+    const char* value = std::getenv("DIFFTRAIN_CONV");
+    return value == nullptr || std::strcmp(value, "direct") != 0;
+  }();
+  return enabled;
+#else
+  return false;
+#endif
+}
+
+#ifdef DIFFTRAIN_HAVE_ONEDNN
+namespace {
+using dnnl::memory;
+using Tag = memory::format_tag;
+
+dnnl::engine& engine() {
+  thread_local dnnl::engine e(dnnl::engine::kind::cpu, 0);
+  return e;
+}
+dnnl::stream& stream() {
+  thread_local dnnl::stream s(engine());
+  return s;
+}
+
+// A oneDNN memory in a LibTorch-owned buffer (so it comes from LibTorch's allocator).
+struct Buffer {
+  at::Tensor storage;
+  memory mem;
+};
+Buffer buffer(const memory::desc& desc) {
+  auto storage = at::empty({static_cast<int64_t>((desc.get_size() + 3) / 4)}, at::kFloat);
+  return {storage, memory(desc, engine(), storage.data_ptr())};
+}
+
+// A reorder between two layouts, or nothing where they are the same.
+struct Reorder {
+  std::optional<dnnl::reorder> primitive;
+  Reorder() = default;
+  Reorder(const memory::desc& from, const memory::desc& to) {
+    if (from != to) primitive.emplace(dnnl::reorder::primitive_desc(engine(), from, engine(), to));
+  }
+  // `from` into a new buffer of layout `to` (or `from` itself where no reorder is needed).
+  Buffer operator()(const Buffer& from, const memory::desc& to) const {
+    if (!primitive) return from;
+    Buffer out = buffer(to);
+    primitive->execute(stream(), {{DNNL_ARG_FROM, from.mem}, {DNNL_ARG_TO, out.mem}});
+    return out;
+  }
+  // `from` into an existing buffer (a LibTorch tensor in the user's layout).
+  void into(const Buffer& from, const Buffer& to) const {
+    if (primitive) {
+      primitive->execute(stream(), {{DNNL_ARG_FROM, from.mem}, {DNNL_ARG_TO, to.mem}});
+    } else {
+      std::memcpy(to.mem.get_data_handle(), from.mem.get_data_handle(), from.mem.get_desc().get_size());
+    }
+  }
+};
+
+// Everything one shape needs, created once per thread (creating primitives costs far more than running them).
+struct Plan {
+  memory::desc user_src, user_weights, user_bias, user_dst;
+  dnnl::convolution_forward::primitive_desc forward_pd;
+  dnnl::convolution_backward_data::primitive_desc backward_data_pd;
+  dnnl::convolution_backward_weights::primitive_desc backward_weights_pd;
+  dnnl::convolution_forward forward;
+  dnnl::convolution_backward_data backward_data;
+  dnnl::convolution_backward_weights backward_weights;
+  Reorder src_in, weights_forward, dst_out;                  // forward
+  Reorder grad_in_data, weights_backward, grad_src_out;      // backward by data
+  Reorder grad_in_weights, src_for_weights, grad_weights_out;  // backward by weights
+};
+
+memory::desc plain(const memory::dims& dims, Tag tag) { return memory::desc(dims, memory::data_type::f32, tag); }
+
+// nullptr where oneDNN has no Winograd kernel for the shape (the caller takes torch::conv2d).
+std::shared_ptr<Plan> make_plan(int64_t n, int64_t ic, int64_t oc, int64_t h, int64_t w, bool bias) {
+  const memory::dims strides{1, 1}, padding{1, 1};
+  auto any = [](const memory::dims& dims) { return memory::desc(dims, memory::data_type::f32, Tag::any); };
+  const memory::dims src{n, ic, h, w}, weights{oc, ic, 3, 3}, dst{n, oc, h, w}, bias_dims{oc};
+  auto plan = std::make_shared<Plan>();
+  plan->user_src = plain(src, Tag::nchw);
+  plan->user_weights = plain(weights, Tag::oihw);
+  plan->user_bias = plain(bias_dims, Tag::x);
+  plan->user_dst = plain(dst, Tag::nchw);
+  const auto algorithm = dnnl::algorithm::convolution_winograd;
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  const memory::desc no_bias;
+  try {
+    plan->forward_pd = dnnl::convolution_forward::primitive_desc(
+        dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training, algorithm, any(src), any(weights),
+                                        bias ? plan->user_bias : no_bias, any(dst), strides, padding, padding),
+        attr, engine());
+    plan->backward_data_pd = dnnl::convolution_backward_data::primitive_desc(
+        dnnl::convolution_backward_data::desc(algorithm, any(src), any(weights), any(dst), strides, padding, padding),
+        attr, engine(), plan->forward_pd);
+    plan->backward_weights_pd = dnnl::convolution_backward_weights::primitive_desc(
+        dnnl::convolution_backward_weights::desc(algorithm, any(src), any(weights), bias ? plan->user_bias : no_bias,
+                                                 any(dst), strides, padding, padding),
+        attr, engine(), plan->forward_pd);
+  } catch (const dnnl::error&) {
+    return nullptr;  // no Winograd implementation for this shape on this CPU
+  }
+  const auto& f = plan->forward_pd;
+  const auto& bd = plan->backward_data_pd;
+  const auto& bw = plan->backward_weights_pd;
+  plan->forward = dnnl::convolution_forward(f);
+  plan->backward_data = dnnl::convolution_backward_data(bd);
+  plan->backward_weights = dnnl::convolution_backward_weights(bw);
+  plan->src_in = Reorder(plan->user_src, f.src_desc());
+  plan->weights_forward = Reorder(plan->user_weights, f.weights_desc());
+  plan->dst_out = Reorder(f.dst_desc(), plan->user_dst);
+  plan->grad_in_data = Reorder(plan->user_dst, bd.diff_dst_desc());
+  plan->weights_backward = Reorder(plan->user_weights, bd.weights_desc());
+  plan->grad_src_out = Reorder(bd.diff_src_desc(), plan->user_src);
+  plan->grad_in_weights = Reorder(plan->user_dst, bw.diff_dst_desc());
+  plan->src_for_weights = Reorder(f.src_desc(), bw.src_desc());
+  plan->grad_weights_out = Reorder(bw.diff_weights_desc(), plan->user_weights);
+  return plan;
+}
+
+std::shared_ptr<Plan> plan_for(at::IntArrayRef x_sizes, int64_t out_channels, bool bias) {
+  using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, bool, int>;
+  thread_local std::map<Key, std::shared_ptr<Plan>> plans;
+  const int64_t n = x_sizes[0], ic = x_sizes[1], h = x_sizes[2], w = x_sizes[3];
+  const Key key{n, ic, out_channels, h, w, bias, at::get_num_threads()};
+  auto found = plans.find(key);
+  if (found == plans.end()) {
+    if (plans.size() >= 256) plans.clear();  // shapes churn only in unusual callers
+    found = plans.emplace(key, make_plan(n, ic, out_channels, h, w, bias)).first;
+  }
+  return found->second;
+}
+
+Buffer user_buffer(const at::Tensor& contiguous, const memory::desc& desc) {
+  return {contiguous, memory(desc, engine(), contiguous.data_ptr())};
+}
+
+void run(dnnl::primitive& primitive, const dnnl::primitive_desc_base& pd,
+         std::unordered_map<int, memory> args) {
+  const Buffer scratch = buffer(pd.scratchpad_desc());
+  args.emplace(DNNL_ARG_SCRATCHPAD, scratch.mem);
+  primitive.execute(stream(), args);
+}
+
+// y = conv(x); keeps the source in the kernel's layout for the backward by weights.
+at::Tensor run_forward(Plan& plan, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                   Buffer* kept_src) {
+  const auto& pd = plan.forward_pd;
+  const Buffer src = plan.src_in(user_buffer(x, plan.user_src), pd.src_desc());
+  const Buffer weights = plan.weights_forward(user_buffer(weight, plan.user_weights), pd.weights_desc());
+  const Buffer dst = buffer(pd.dst_desc());
+  std::unordered_map<int, memory> args{{DNNL_ARG_SRC, src.mem}, {DNNL_ARG_WEIGHTS, weights.mem}, {DNNL_ARG_DST, dst.mem}};
+  if (bias.defined()) args.emplace(DNNL_ARG_BIAS, memory(plan.user_bias, engine(), bias.data_ptr()));
+  run(plan.forward, pd, std::move(args));
+  auto y = at::empty({x.size(0), weight.size(0), x.size(2), x.size(3)}, x.options());
+  plan.dst_out.into(dst, user_buffer(y, plan.user_dst));
+  stream().wait();
+  if (kept_src != nullptr) *kept_src = src;
+  return y;
+}
+
+struct WinogradConvFunction : torch::autograd::Function<WinogradConvFunction> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
+                            const at::Tensor& maybe_bias) {
+    const at::Tensor bias = maybe_bias.numel() > 0 ? maybe_bias : at::Tensor();
+    auto plan = plan_for(x.sizes(), weight.size(0), bias.defined());
+    Buffer src;
+    auto y = run_forward(*plan, x.contiguous(), weight.contiguous(), bias, &src);
+    // The source in the kernel's layout (the same bytes as x) replaces x among the saved tensors.
+    ctx->save_for_backward({src.storage, weight});
+    ctx->saved_data["has_bias"] = bias.defined();
+    ctx->saved_data["x_sizes"] = x.sizes().vec();
+    return y;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& src_storage = saved[0];
+    const at::Tensor weight = saved[1].contiguous();
+    const bool has_bias = ctx->saved_data["has_bias"].toBool();
+    const auto x_sizes = ctx->saved_data["x_sizes"].toIntVector();
+    auto plan = plan_for(x_sizes, weight.size(0), has_bias);
+    const at::Tensor grad = grads[0].contiguous();
+    const Buffer grad_user = user_buffer(grad, plan->user_dst);
+    at::Tensor grad_x, grad_weight, grad_bias;
+    if (ctx->needs_input_grad(0)) {
+      const auto& pd = plan->backward_data_pd;
+      const Buffer diff_dst = plan->grad_in_data(grad_user, pd.diff_dst_desc());
+      const Buffer weights = plan->weights_backward(user_buffer(weight, plan->user_weights), pd.weights_desc());
+      const Buffer diff_src = buffer(pd.diff_src_desc());
+      run(plan->backward_data, pd,
+          {{DNNL_ARG_DIFF_DST, diff_dst.mem}, {DNNL_ARG_WEIGHTS, weights.mem}, {DNNL_ARG_DIFF_SRC, diff_src.mem}});
+      grad_x = at::empty(x_sizes, weight.options());
+      plan->grad_src_out.into(diff_src, user_buffer(grad_x, plan->user_src));
+    }
+    if (ctx->needs_input_grad(1) || (has_bias && ctx->needs_input_grad(2))) {
+      const auto& pd = plan->backward_weights_pd;
+      const Buffer diff_dst = plan->grad_in_weights(grad_user, pd.diff_dst_desc());
+      const Buffer src = plan->src_for_weights(
+          Buffer{src_storage, memory(plan->forward_pd.src_desc(), engine(), src_storage.data_ptr())}, pd.src_desc());
+      const Buffer diff_weights = buffer(pd.diff_weights_desc());
+      std::unordered_map<int, memory> args{
+          {DNNL_ARG_SRC, src.mem}, {DNNL_ARG_DIFF_DST, diff_dst.mem}, {DNNL_ARG_DIFF_WEIGHTS, diff_weights.mem}};
+      if (has_bias) {
+        grad_bias = at::empty({weight.size(0)}, weight.options());
+        args.emplace(DNNL_ARG_DIFF_BIAS, memory(plan->user_bias, engine(), grad_bias.data_ptr()));
+      }
+      run(plan->backward_weights, pd, std::move(args));
+      grad_weight = at::empty(weight.sizes(), weight.options());
+      plan->grad_weights_out.into(diff_weights, user_buffer(grad_weight, plan->user_weights));
+    }
+    stream().wait();
+    return {grad_x, grad_weight, grad_bias};
+  }
+};
+
+bool takes_winograd_path(const torch::nn::Conv2dImpl& conv, const at::Tensor& x) {
+  if (!winograd_conv_enabled() || torch::jit::tracer::isTracing() || at::autocast::is_cpu_enabled()) return false;
+  const auto& o = conv.options;
+  if ((*o.kernel_size())[0] != 3 || (*o.kernel_size())[1] != 3 || (*o.stride())[0] != 1 || (*o.stride())[1] != 1 ||
+      (*o.dilation())[0] != 1 || (*o.dilation())[1] != 1 || o.groups() != 1) {
+    return false;
+  }
+#if TORCH_VERSION_MAJOR >= 2  // LibTorch 2 has std::variant options, 1.13 its own c10::variant
+  using std::get_if, std::holds_alternative;
+#else
+  using c10::get_if, c10::holds_alternative;
+#endif
+  const auto* padding = get_if<torch::ExpandingArray<2>>(&o.padding());
+  if (padding == nullptr || (**padding)[0] != 1 || (**padding)[1] != 1 ||
+      !holds_alternative<torch::enumtype::kZeros>(o.padding_mode())) {
+    return false;
+  }
+  if (!x.device().is_cpu() || x.layout() != at::kStrided || x.dim() != 4 || x.numel() == 0) return false;
+  if (x.scalar_type() != at::kFloat || conv.weight.scalar_type() != at::kFloat) return false;
+  return plan_for(x.sizes(), conv.weight.size(0), conv.bias.defined()) != nullptr;
+}
+
+}  // namespace
+#endif
+
+torch::Tensor conv2d_3x3(torch::nn::Conv2dImpl& conv, const torch::Tensor& x) {
+#ifdef DIFFTRAIN_HAVE_ONEDNN
+  if (takes_winograd_path(conv, x)) {
+    const auto& weight = conv.weight;
+    const auto& bias = conv.bias;
+    const bool grads = torch::GradMode::is_enabled() &&
+                       (x.requires_grad() || weight.requires_grad() || (bias.defined() && bias.requires_grad()));
+    // LibTorch 1.13's autograd Function takes no undefined inputs: no bias is an empty tensor there.
+    if (grads) return WinogradConvFunction::apply(x, weight, bias.defined() ? bias : at::empty({0}, weight.options()));
+    auto plan = plan_for(x.sizes(), weight.size(0), bias.defined());
+    return run_forward(*plan, x.contiguous(), weight.contiguous(), bias, nullptr);
+  }
+#endif
+  return conv.forward(x);
+}
+
+}  // namespace difftrain::model
