@@ -160,10 +160,19 @@ Buffer user_buffer(const at::Tensor& contiguous, const memory::desc& desc) {
   return {contiguous, memory(desc, engine(), contiguous.data_ptr())};
 }
 
+// One scratchpad per thread, grown to the largest any primitive asked for: the Winograd
+// transforms of a layer's tensors are 2.25x its size, and a fresh buffer of every size
+// per call would stay in the allocator's cache (peak RSS 1.82 vs 1.48 GB at the 32 px model).
 void run(dnnl::primitive& primitive, const dnnl::primitive_desc_base& pd,
          std::unordered_map<int, memory> args) {
-  const Buffer scratch = buffer(pd.scratchpad_desc());
-  args.emplace(DNNL_ARG_SCRATCHPAD, scratch.mem);
+  thread_local at::Tensor scratch;
+  const memory::desc desc = pd.scratchpad_desc();
+  const auto floats = static_cast<int64_t>((desc.get_size() + 3) / 4);
+  if (!scratch.defined() || scratch.numel() < floats) {
+    scratch = at::Tensor();  // the old one goes back first
+    scratch = at::empty({floats}, at::kFloat);
+  }
+  args.emplace(DNNL_ARG_SCRATCHPAD, memory(desc, engine(), scratch.data_ptr()));
   primitive.execute(stream(), args);
 }
 
