@@ -2,6 +2,8 @@
 issue 12) against difftrain itself: a tiny model trained here, its `difftrain export` weights loaded into the
 twin, the same network output to float tolerance and the same DDIM samples as `difftrain sample`.
 Run with /usr/bin/python3: twin_tests.py DIFFTRAIN_BINARY TEST_CLASS."""
+import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -87,6 +89,60 @@ class Equivalence(TwinTest):
                 exact += int(diff.max() == 0)
         print(f"twin: {exact} of 8 DDIM samples identical to difftrain's, the others within one level", file=sys.stderr)
         self.assertGreaterEqual(exact, 6, "most images are identical to the last bit of the 8-bit pixels")
+
+
+class SpeedSwitches(TwinTest):
+    """The switches of the speed levers and the step profiler (docs/BENCHMARKS.md, issue 12)."""
+
+    def run_train(self, run_dir, env, *extra):
+        args = [self.binary, *self.train_args(run_dir, "train.max_steps=4", "checkpoint.every=4", *extra)]
+        return subprocess.run(args, capture_output=True, text=True, timeout=300, env={**os.environ, **env})
+
+    def make_data(self):
+        r = subprocess.run([self.binary, "make-data", "--out", str(self.dir / "data"), "--count", "24", "--image-size",
+                            "8", "--shard-size", "12"], capture_output=True, text=True, timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+    def test_profile_trace_and_its_summary(self):
+        self.make_data()
+        trace = self.dir / "trace.json"
+        r = self.run_train("run", {"DIFFTRAIN_PROFILE": str(trace), "DIFFTRAIN_PROFILE_STEPS": "2:2"})
+        self.assertEqual(r.returncode, 0, r.stderr[-3000:])
+        self.assertIn("steps 2..3", r.stdout + r.stderr)
+        events = json.loads(trace.read_text())
+        names = {e["name"] for e in events}
+        for op in ("aten::convolution_backward", "aten::mse_loss", "aten::softmax"):
+            self.assertIn(op, names)
+        r = subprocess.run([sys.executable, str(HERE.parent / "bench" / "profile_summary.py"), str(trace), "--steps",
+                            "2"], capture_output=True, text=True, timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        # "operator (may contain spaces)  ms/step  share%  calls/step"
+        rows = {line.rsplit(None, 3)[0]: float(line.rsplit(None, 3)[1]) for line in r.stdout.splitlines()[1:-1]}
+        total = float(r.stdout.splitlines()[-1].split()[-1])
+        self.assertIn("aten::convolution_backward", rows)
+        # Self times add up to the total, and none is larger than it.
+        self.assertLessEqual(max(rows.values()), total)
+        self.assertGreater(total, 0)
+
+    def test_winograd_and_direct_convolutions_train_alike(self):
+        self.make_data()
+        for name, conv, seed in (("winograd", "winograd", 0), ("direct", "direct", 0), ("seed", "winograd", 4)):
+            r = self.run_train(name, {"DIFFTRAIN_CONV": conv}, f"run.seed={seed}")
+            self.assertEqual(r.returncode, 0, r.stderr[-3000:])
+        a, b, control = self.weights("winograd", 4), self.weights("direct", 4), self.weights("seed", 4)
+        worst = max((a[k] - b[k]).abs().max().item() for k in a)
+        other_seed = max((a[k] - control[k]).abs().max().item() for k in a)
+        print(f"twin: Winograd vs direct convolutions, 4 steps: max |weight difference| {worst:.3g} "
+              f"(another seed: {other_seed:.3g})", file=sys.stderr)
+        self.assertGreater(worst, 0)  # the switch chose another kernel
+        self.assertLess(100 * worst, other_seed)  # float32 rounding, not another function
+
+    def test_bad_switch_values_are_clean_errors(self):
+        self.make_data()
+        r = self.run_train("a", {"DIFFTRAIN_PROFILE": str(self.dir / "t.json"), "DIFFTRAIN_PROFILE_STEPS": "3"})
+        self.assert_clean_error(r, "DIFFTRAIN_PROFILE_STEPS", "'3'", "FIRST:COUNT")
+        r = self.run_train("b", {"DIFFTRAIN_CPU_CACHE_MIB": "lots"})
+        self.assert_clean_error(r, "DIFFTRAIN_CPU_CACHE_MIB", "'lots'")
 
 
 if __name__ == "__main__":
