@@ -78,6 +78,7 @@ GradientReducer::GradientReducer(const std::vector<torch::Tensor>& parameters, C
       bucket_of_[k] = b;
       offset += p.numel();
     }
+    flat_gradients_.push_back(bucket.buffer);
     buckets_.push_back(std::move(bucket));
   }
   for (size_t k = 0; k < parameters_.size(); ++k) {

@@ -74,6 +74,11 @@ class GradientReducer {
   void zero_grad();
 
   const std::vector<torch::Tensor>& gradients() const { return gradients_; }  // one view per parameter
+  // The same values as gradients(), one flat tensor per bucket: whole-gradient work (the finite
+  // check, the norm, clipping, loss unscaling) takes a few passes over these instead of one small
+  // operation per parameter (issue 12: 575 scalar reads and ~1 150 small kernels per step at the
+  // 32 px model).
+  const std::vector<torch::Tensor>& flat_gradients() const { return flat_gradients_; }
   size_t bucket_count() const { return buckets_.size(); }
   const ReducerStepStats& last_step() const { return last_step_; }
 
@@ -93,6 +98,7 @@ class GradientReducer {
   Communicator& comm_;
   std::vector<torch::Tensor> parameters_;
   std::vector<torch::Tensor> gradients_;  // (parameters): views into bucket buffers
+  std::vector<torch::Tensor> flat_gradients_;  // (buckets): the buffers
   std::vector<Bucket> buckets_;
   std::vector<size_t> bucket_of_;         // (parameters)
   std::vector<bool> ready_;               // (parameters): gradient final this backward

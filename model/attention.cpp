@@ -12,7 +12,8 @@ namespace difftrain::model {
 torch::Tensor scaled_dot_product_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                            const torch::Tensor& key_valid) {
   const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
-  auto scores = batched_matmul(q, k.transpose(-1, -2), scale);  // (B, heads, Nq, Nk)
+  // (B, heads, Nq, Nk) in float32, the softmax's precision (from bf16 operands under autocast)
+  auto scores = batched_matmul(q, k.transpose(-1, -2), scale, {torch::kFloat32});
   torch::Tensor has_key;  // (B, 1, 1, 1): the row has at least one key to attend to
   if (key_valid.defined()) {
     // Masked keys get -inf, so they get exactly zero weight. A row whose keys are
@@ -23,10 +24,12 @@ torch::Tensor scaled_dot_product_attention(const torch::Tensor& q, const torch::
     has_key = valid.any(-1, /*keepdim=*/true);
     scores = scores.masked_fill(valid.logical_not().logical_and(has_key), -std::numeric_limits<double>::infinity());
   }
-  auto weights = torch::softmax(scores.to(torch::kFloat32), -1);
+  auto weights = torch::softmax(scores, -1);
   if (has_key.defined()) weights = weights * has_key.to(torch::kFloat32);
   weights = weights.to(v.scalar_type());
-  return batched_matmul(weights, v);  // (B, heads, Nq, d)
+  // (B, heads, Nq, d), stored as (B, Nq, heads, d) where oneDNN computes it: the caller's
+  // transpose(1, 2).flatten(2) is then a view.
+  return batched_matmul(weights, v, 1.0, {std::nullopt, /*heads_interleaved=*/true});
 }
 
 MultiHeadAttentionImpl::MultiHeadAttentionImpl(int64_t query_dim, int64_t context_dim, int64_t heads_)
@@ -42,8 +45,13 @@ torch::Tensor MultiHeadAttentionImpl::forward(const torch::Tensor& x, const torc
   const int64_t d = x.size(2) / heads;
   // No batch or sequence length is read into C++ integers, so a traced export
   // (model/torchscript_export.h) accepts any batch size.
-  // Contiguous (B, heads, N, d) blocks: CPU batched matmul is far slower on strided views.
-  auto split = [&](const torch::Tensor& t) { return t.unflatten(2, {heads, d}).transpose(1, 2).contiguous(); };
+  // (B, heads, N, d) views of the (B, N, heads·d) projections: oneDNN reads them in place
+  // (model/batched_matmul). Elsewhere contiguous blocks: torch::matmul would copy them anyway.
+  const bool in_place = onednn_matmul_enabled() && x.device().is_cpu();
+  auto split = [&](const torch::Tensor& t) {
+    auto heads_first = t.unflatten(2, {heads, d}).transpose(1, 2);
+    return in_place ? heads_first : heads_first.contiguous();
+  };
   auto out = scaled_dot_product_attention(split(to_q(x)), split(to_k(context)), split(to_v(context)), key_valid);
   return to_out(out.transpose(1, 2).flatten(2));  // (B, Nq, D)
 }

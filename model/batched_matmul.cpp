@@ -7,7 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
-#include <tuple>
+#include <vector>
 
 #ifdef DIFFTRAIN_HAVE_ONEDNN
 #include <dnnl.hpp>
@@ -27,72 +27,158 @@ bool onednn_matmul_enabled() {
 #endif
 }
 
+namespace {
+
+// torch::matmul's answer to the same request (the path where oneDNN is not taken).
+at::Tensor torch_matmul(const at::Tensor& a, const at::Tensor& b, double scale, const MatmulOutput& output) {
+  auto out = scale == 1.0 ? torch::matmul(a, b) : torch::matmul(a, b) * scale;
+  return output.dtype ? out.to(*output.dtype) : out;
+}
+
+}  // namespace
+
 #ifdef DIFFTRAIN_HAVE_ONEDNN
 namespace {
 
-// A float32 operand as (batch, rows, cols) that oneDNN reads in place: the last two
-// dimensions row-major or column-major (a transposed view), batches densely packed.
-// Anything else is copied to row-major first.
-struct PlainOperand {
-  at::Tensor tensor;  // 3-D
-  bool column_major;
-};
+using Type = dnnl::memory::data_type;
 
-PlainOperand plain_operand(const at::Tensor& t) {
-  auto x = t.reshape({-1, t.size(-2), t.size(-1)});  // a view where the leading dimensions merge
-  const int64_t batch = x.size(0), rows = x.size(1), cols = x.size(2);
-  const auto s = x.strides();
-  const bool dense_batches = batch == 1 || s[0] == rows * cols;
-  if (dense_batches && (cols == 1 || s[2] == 1) && (rows == 1 || s[1] == cols)) return {x, false};
-  if (dense_batches && (rows == 1 || s[1] == 1) && (cols == 1 || s[2] == rows)) return {x, true};
-  return {x.contiguous(), false};
+Type dnnl_type(at::ScalarType t) { return t == at::kBFloat16 ? Type::bf16 : Type::f32; }
+
+// A matrix operand oneDNN reads in place: rows or columns packed (a transposed view), any
+// positive batch strides. Anything else (a slice of rows, an expanded batch) is copied first.
+at::Tensor readable(const at::Tensor& t) {
+  const int64_t d = t.dim();
+  const bool rows_packed = t.size(d - 1) == 1 || t.stride(d - 1) == 1;
+  const bool columns_packed = t.size(d - 2) == 1 || t.stride(d - 2) == 1;
+  bool batches_ok = true;
+  for (int64_t i = 0; i + 2 < d; ++i) batches_ok = batches_ok && (t.size(i) == 1 || t.stride(i) > 0);
+  if (batches_ok && (rows_packed || columns_packed)) return t;
+  return t.contiguous();
 }
 
-dnnl::memory::desc describe(int64_t batch, int64_t rows, int64_t cols, bool column_major) {
-  const dnnl::memory::dims strides =
-      column_major ? dnnl::memory::dims{rows * cols, 1, rows} : dnnl::memory::dims{rows * cols, cols, 1};
-  return dnnl::memory::desc({batch, rows, cols}, dnnl::memory::data_type::f32, strides);
+dnnl::memory::desc describe(const at::Tensor& t) {
+  return dnnl::memory::desc(dnnl::memory::dims(t.sizes().begin(), t.sizes().end()), dnnl_type(t.scalar_type()),
+                            dnnl::memory::dims(t.strides().begin(), t.strides().end()));
 }
 
-// (batch, M, K) @ (batch, K, N) -> (batch, M, N), one oneDNN primitive per shape and
-// layout, created once per thread (creation costs far more than execution).
-at::Tensor onednn_product(const PlainOperand& a, const PlainOperand& b, float scale) {
-  const int64_t batch = a.tensor.size(0), m = a.tensor.size(1), k = a.tensor.size(2), n = b.tensor.size(2);
-  using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, bool, bool, int, float>;
+// out = scale · a @ b, into `out` (any layout with packed rows). One oneDNN primitive per
+// shape, layout, type and scale, created once per thread (creation costs far more than execution).
+void product_into(const at::Tensor& out, const at::Tensor& a_in, const at::Tensor& b_in, float scale) {
+  const at::Tensor a = readable(a_in), b = readable(b_in);
+  std::vector<int64_t> key;
+  for (const at::Tensor* t : {&a, &b, &out}) {
+    key.push_back(static_cast<int64_t>(t->scalar_type()));
+    key.insert(key.end(), t->sizes().begin(), t->sizes().end());
+    key.insert(key.end(), t->strides().begin(), t->strides().end());
+  }
+  int32_t scale_bits;
+  std::memcpy(&scale_bits, &scale, sizeof scale_bits);
+  key.push_back(scale_bits);
+  key.push_back(at::get_num_threads());
   thread_local dnnl::engine engine(dnnl::engine::kind::cpu, 0);
   thread_local dnnl::stream stream(engine);
-  thread_local std::map<Key, dnnl::matmul> primitives;
-  const Key key{batch, m, k, n, a.column_major, b.column_major, at::get_num_threads(), scale};
+  thread_local std::map<std::vector<int64_t>, dnnl::matmul> primitives;
   auto found = primitives.find(key);
   if (found == primitives.end()) {
     if (primitives.size() >= 512) primitives.clear();  // shapes churn only in unusual callers
-    const auto desc = dnnl::matmul::desc(describe(batch, m, k, a.column_major), describe(batch, k, n, b.column_major),
-                                         describe(batch, m, n, false));
     dnnl::primitive_attr attributes;
     if (scale != 1.0f) attributes.set_output_scales(0, {scale});
+    const auto desc = dnnl::matmul::desc(describe(a), describe(b), describe(out));
     found = primitives.emplace(key, dnnl::matmul(dnnl::matmul::primitive_desc(desc, attributes, engine))).first;
   }
-  auto out = at::empty({batch, m, n}, a.tensor.options());
-  dnnl::memory a_memory(describe(batch, m, k, a.column_major), engine, a.tensor.data_ptr());
-  dnnl::memory b_memory(describe(batch, k, n, b.column_major), engine, b.tensor.data_ptr());
-  dnnl::memory out_memory(describe(batch, m, n, false), engine, out.data_ptr());
+  dnnl::memory a_memory(describe(a), engine, a.data_ptr());
+  dnnl::memory b_memory(describe(b), engine, b.data_ptr());
+  dnnl::memory out_memory(describe(out), engine, out.data_ptr());
   found->second.execute(stream, {{DNNL_ARG_SRC, a_memory}, {DNNL_ARG_WEIGHTS, b_memory}, {DNNL_ARG_DST, out_memory}});
   stream.wait();
+}
+
+std::vector<int64_t> product_sizes(const at::Tensor& a, const at::Tensor& b) {
+  auto sizes = a.sizes().vec();
+  sizes.back() = b.size(-1);
+  return sizes;
+}
+
+// A new tensor of `sizes` laid out as `like` where that is a dense permutation with packed rows
+// (a gradient in its operand's layout: no copy where autograd's view functions reshape it), else contiguous.
+at::Tensor empty_like_layout(const at::Tensor& like, at::ScalarType type) {
+  if (like.is_non_overlapping_and_dense() && like.stride(-1) == 1) return at::empty_like(like, like.options().dtype(type));
+  return at::empty(like.sizes(), like.options().dtype(type));
+}
+
+at::Tensor forward_product(const at::Tensor& a, const at::Tensor& b, float scale, const MatmulOutput& output) {
+  const auto type = output.dtype.value_or(a.scalar_type());
+  const auto sizes = product_sizes(a, b);
+  at::Tensor out;
+  if (output.heads_interleaved && sizes.size() == 4) {
+    out = at::empty({sizes[0], sizes[2], sizes[1], sizes[3]}, a.options().dtype(type)).transpose(1, 2);
+  } else {
+    out = at::empty(sizes, a.options().dtype(type));
+  }
+  product_into(out, a, b, scale);
   return out;
 }
 
-at::Tensor product(const at::Tensor& a, const at::Tensor& b, float scale) {
-  auto sizes = a.sizes().vec();
-  sizes.back() = b.size(-1);
-  return onednn_product(plain_operand(a), plain_operand(b), scale).view(sizes);
+// The gradient of the operand x of a product, given how to compute it (g = f(x-shaped)) and how to
+// compute its transpose: where x is a transposed view (packed columns) the transpose is computed into
+// x's underlying layout, so the gradient comes back as the same kind of view.
+template <class Direct, class Transposed>
+at::Tensor operand_gradient(const at::Tensor& x, Direct direct, Transposed transposed) {
+  const bool columns_packed = x.stride(-1) != 1 && x.stride(-2) == 1;
+  if (columns_packed) {
+    const auto xt = x.transpose(-1, -2);
+    auto gt = empty_like_layout(xt, x.scalar_type());
+    transposed(gt);
+    return gt.transpose(-1, -2);
+  }
+  auto g = empty_like_layout(x, x.scalar_type());
+  direct(g);
+  return g;
 }
 
-bool takes_onednn_path(const at::Tensor& a, const at::Tensor& b) {
-  if (!onednn_matmul_enabled() || torch::jit::tracer::isTracing() || at::autocast::is_cpu_enabled()) return false;
+// C = s A·B; dA = s dC·Bᵀ (or dAᵀ = s B·dCᵀ), dB = s Aᵀ·dC (or dBᵀ = s dCᵀ·A).
+struct BatchedMatmulFunction : torch::autograd::Function<BatchedMatmulFunction> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& a, const at::Tensor& b,
+                            double scale, int64_t out_type, bool heads_interleaved) {
+    ctx->save_for_backward({a, b});
+    ctx->saved_data["scale"] = scale;
+    MatmulOutput output;
+    output.dtype = static_cast<at::ScalarType>(out_type);
+    output.heads_interleaved = heads_interleaved;
+    return forward_product(a, b, static_cast<float>(scale), output);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto& a = saved[0];
+    const auto& b = saved[1];
+    const auto s = static_cast<float>(ctx->saved_data["scale"].toDouble());
+    // A float32 upstream gradient of a bf16 product is rounded to bf16, as autocast's cast back would.
+    const at::Tensor g = grads[0].to(a.scalar_type());
+    at::Tensor grad_a, grad_b;
+    if (ctx->needs_input_grad(0)) {
+      grad_a = operand_gradient(
+          a, [&](const at::Tensor& out) { product_into(out, g, b.transpose(-1, -2), s); },
+          [&](const at::Tensor& out_t) { product_into(out_t, b, g.transpose(-1, -2), s); });
+    }
+    if (ctx->needs_input_grad(1)) {
+      grad_b = operand_gradient(
+          b, [&](const at::Tensor& out) { product_into(out, a.transpose(-1, -2), g, s); },
+          [&](const at::Tensor& out_t) { product_into(out_t, g.transpose(-1, -2), a, s); });
+    }
+    return {grad_a, grad_b, at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+bool takes_onednn_path(const at::Tensor& a, const at::Tensor& b, at::ScalarType operand_type,
+                       const MatmulOutput& output) {
+  if (!onednn_matmul_enabled() || torch::jit::tracer::isTracing()) return false;
   if (!a.device().is_cpu() || !b.device().is_cpu() || a.layout() != at::kStrided || b.layout() != at::kStrided) {
     return false;
   }
-  if (a.scalar_type() != at::kFloat || b.scalar_type() != at::kFloat) return false;
+  if (operand_type != at::kFloat && operand_type != at::kBFloat16) return false;
+  if (a.scalar_type() != operand_type || b.scalar_type() != operand_type) return false;
+  if (output.dtype && *output.dtype != operand_type && *output.dtype != at::kFloat) return false;
   if (a.dim() < 3 || a.dim() != b.dim() || a.size(-1) != b.size(-2) || a.numel() == 0 || b.numel() == 0) return false;
   for (int64_t d = 0; d + 2 < a.dim(); ++d) {
     if (a.size(d) != b.size(d)) return false;  // broadcasting: torch::matmul's job
@@ -100,41 +186,27 @@ bool takes_onednn_path(const at::Tensor& a, const at::Tensor& b) {
   return true;
 }
 
-// C = s A·B; dA = s dC·Bᵀ, dB = s Aᵀ·dC, through batched_matmul again (transposed views are
-// read in place).
-struct BatchedMatmulFunction : torch::autograd::Function<BatchedMatmulFunction> {
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& a, const at::Tensor& b,
-                            double scale) {
-    ctx->save_for_backward({a, b});
-    ctx->saved_data["scale"] = scale;
-    return product(a, b, static_cast<float>(scale));
-  }
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    const auto& a = saved[0];
-    const auto& b = saved[1];
-    const double scale = ctx->saved_data["scale"].toDouble();
-    at::Tensor grad_a, grad_b;
-    if (ctx->needs_input_grad(0)) grad_a = batched_matmul(grads[0], b.transpose(-1, -2), scale);
-    if (ctx->needs_input_grad(1)) grad_b = batched_matmul(a.transpose(-1, -2), grads[0], scale);
-    return {grad_a, grad_b, at::Tensor()};
-  }
-};
-
 }  // namespace
 #endif
 
-at::Tensor batched_matmul(const at::Tensor& a, const at::Tensor& b, double scale) {
+at::Tensor batched_matmul(const at::Tensor& a_in, const at::Tensor& b_in, double scale, MatmulOutput output) {
 #ifdef DIFFTRAIN_HAVE_ONEDNN
-  if (takes_onednn_path(a, b)) {
+  // Under bf16 autocast torch::matmul casts float32 operands to bf16: so does this path.
+  at::Tensor a = a_in, b = b_in;
+  if (at::autocast::is_cpu_enabled() && at::autocast::get_autocast_cpu_dtype() == at::kBFloat16) {
+    if (a.scalar_type() == at::kFloat) a = a.to(at::kBFloat16);
+    if (b.scalar_type() == at::kFloat) b = b.to(at::kBFloat16);
+  }
+  const auto operand_type = a.scalar_type();
+  if (takes_onednn_path(a, b, operand_type, output)) {
     if ((a.requires_grad() || b.requires_grad()) && torch::GradMode::is_enabled()) {
-      return BatchedMatmulFunction::apply(a, b, scale);
+      return BatchedMatmulFunction::apply(a, b, scale, static_cast<int64_t>(output.dtype.value_or(operand_type)),
+                                          output.heads_interleaved);
     }
-    return product(a, b, static_cast<float>(scale));
+    return forward_product(a, b, static_cast<float>(scale), output);
   }
 #endif
-  return scale == 1.0 ? torch::matmul(a, b) : torch::matmul(a, b) * scale;
+  return torch_matmul(a_in, b_in, scale, output);
 }
 
 }  // namespace difftrain::model

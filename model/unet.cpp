@@ -9,7 +9,7 @@
 
 #include "model/activation_checkpoint.h"
 #include "model/norm_fp32.h"
-#include "model/winograd_conv.h"
+#include "model/onednn_conv.h"
 
 namespace difftrain::model {
 namespace F = torch::nn::functional;

@@ -1,6 +1,7 @@
 // model/batched_matmul: oneDNN's batched matmul against torch::matmul (values and
-// gradients, every operand layout attention produces), and the cases it must leave
-// to torch::matmul (autocast, bfloat16, broadcasting, tracing).
+// gradients, every operand layout attention produces, heads read in place and the
+// output written heads-interleaved), bfloat16 against float64 of the rounded operands,
+// and the cases it must leave to torch::matmul (broadcasting).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -73,9 +74,55 @@ TEST(BatchedMatmul, ScaleInsideTheProductEqualsMultiplyingAfterwards) {
   ref.backward(grad);
   expect_close(q.grad(), q_ref.grad(), "scaled grad q");
   expect_close(k.grad(), k_ref.grad(), "scaled grad k");
-  // Outside the oneDNN path (bfloat16) the scale is a multiplication after torch::matmul.
-  auto qb = q.detach().to(torch::kBFloat16), kb = k.detach().to(torch::kBFloat16);
-  EXPECT_TRUE(torch::equal(batched_matmul(qb, kb.transpose(-1, -2), scale), torch::matmul(qb, kb.transpose(-1, -2)) * scale));
+}
+
+// bf16 operands: float32 accumulation of exact products, then one rounding (to bf16, or none for a
+// float32 result), against float64 of the same bf16 values.
+TEST(BatchedMatmul, Bfloat16ProductsMatchFloat64OfTheRoundedOperands) {
+  torch::manual_seed(6);
+  const double scale = 1.0 / std::sqrt(32.0);
+  auto q = torch::randn({3, 4, 9, 32}).to(torch::kBFloat16);
+  auto k = torch::randn({3, 4, 7, 32}).to(torch::kBFloat16);
+  const auto want = torch::matmul(q.to(torch::kDouble), k.to(torch::kDouble).transpose(-1, -2)) * scale;
+  auto relative = [&](const torch::Tensor& got) {
+    return ((got.to(torch::kDouble) - want).abs().max() / want.abs().max()).item<double>();
+  };
+  const auto rounded = batched_matmul(q, k.transpose(-1, -2), scale);
+  const auto exact = batched_matmul(q, k.transpose(-1, -2), scale, {torch::kFloat32});
+  EXPECT_EQ(rounded.scalar_type(), torch::kBFloat16);
+  EXPECT_EQ(exact.scalar_type(), torch::kFloat32);
+  EXPECT_LT(relative(rounded), 4e-3);  // half a bf16 ulp is 2^-9
+  EXPECT_LT(relative(exact), 1e-6);
+}
+
+// Attention's layout: q, k, v as (B, heads, N, d) views of (B, N, heads·d) projections, the
+// output heads-interleaved; values and the projections' gradients equal the contiguous computation.
+TEST(BatchedMatmul, HeadViewsAreReadInPlaceAndTheOutputIsHeadsInterleaved) {
+  torch::manual_seed(7);
+  const int64_t B = 3, N = 10, M = 6, H = 4, d = 8;
+  auto q_proj = torch::randn({B, N, H * d}).requires_grad_();
+  auto kv_proj = torch::randn({B, M, 2 * H * d}).requires_grad_();
+  auto q_ref = q_proj.detach().clone().requires_grad_();
+  auto kv_ref = kv_proj.detach().clone().requires_grad_();
+  auto heads = [&](const torch::Tensor& t) { return t.unflatten(2, {H, d}).transpose(1, 2); };
+  auto attend = [&](const torch::Tensor& qp, const torch::Tensor& kvp, bool ours) {
+    auto q = heads(qp), k = heads(kvp.narrow(2, 0, H * d)), v = heads(kvp.narrow(2, H * d, H * d));
+    if (!ours) q = q.contiguous(), k = k.contiguous(), v = v.contiguous();
+    auto scores = ours ? batched_matmul(q, k.transpose(-1, -2), 0.25, {torch::kFloat32})
+                       : torch::matmul(q, k.transpose(-1, -2)) * 0.25;
+    auto weights = torch::softmax(scores, -1);
+    auto out = ours ? batched_matmul(weights, v, 1.0, {std::nullopt, true}) : torch::matmul(weights, v);
+    return out.transpose(1, 2).flatten(2);  // (B, N, H·d)
+  };
+  auto out = attend(q_proj, kv_proj, true);
+  auto ref = attend(q_ref, kv_ref, false);
+  expect_close(out, ref, "attention");
+  EXPECT_TRUE(out.is_contiguous());  // heads-interleaved: the flatten above was a view
+  auto grad = torch::randn_like(ref);
+  out.backward(grad);
+  ref.backward(grad);
+  expect_close(q_proj.grad(), q_ref.grad(), "grad q");
+  expect_close(kv_proj.grad(), kv_ref.grad(), "grad k, v");
 }
 
 TEST(BatchedMatmul, NonContiguousBatchesAreCopiedNotMisread) {
@@ -103,20 +150,19 @@ TEST(BatchedMatmul, NoGradModeAndInferenceModeGiveTheSameValues) {
   }
 }
 
-TEST(BatchedMatmul, LeavesAutocastBfloat16AndBroadcastingToTorch) {
+TEST(BatchedMatmul, AutocastCastsLikeTorchMatmulAndBroadcastingIsTorchs) {
   torch::manual_seed(3);
   auto a = torch::randn({2, 3, 4, 5});
   auto b = torch::randn({2, 3, 5, 6});
-  // Autocast: torch::matmul's cast to bfloat16 is part of the function computed.
+  // Autocast: float32 operands are cast to bfloat16 first, as torch::matmul's autocast does.
   at::autocast::set_cpu_enabled(true);
   auto under_autocast = batched_matmul(a, b);
   auto want = torch::matmul(a, b);
   at::autocast::set_cpu_enabled(false);
   at::autocast::clear_cache();
   EXPECT_EQ(under_autocast.scalar_type(), want.scalar_type());
-  EXPECT_TRUE(torch::equal(under_autocast, want));
-  auto ab = a.to(torch::kBFloat16), bb = b.to(torch::kBFloat16);
-  EXPECT_TRUE(torch::equal(batched_matmul(ab, bb), torch::matmul(ab, bb)));
+  EXPECT_LT((under_autocast.to(torch::kFloat) - want.to(torch::kFloat)).abs().max().item<double>(),
+            8e-3 * want.abs().max().item<double>());  // one bf16 ulp: two roundings of the same sum
   auto expanded = torch::randn({5, 6}).expand({2, 3, 5, 6});  // equal sizes, batch stride 0: copied
   expect_close(batched_matmul(a, expanded), torch::matmul(a, expanded), "expanded batches");
   auto mismatch = torch::randn({1, 3, 5, 6});  // broadcast batch: torch::matmul's rule

@@ -124,18 +124,29 @@ class SpeedSwitches(TwinTest):
         self.assertLessEqual(max(rows.values()), total)
         self.assertGreater(total, 0)
 
-    def test_winograd_and_direct_convolutions_train_alike(self):
+    def convolutions_train_alike(self, precision, factor):
+        """difftrain's oneDNN convolutions (model/onednn_conv) against LibTorch's, 4 training steps: the weights
+        differ (another kernel ran) by rounding, far less than a run with another seed."""
         self.make_data()
-        for name, conv, seed in (("winograd", "winograd", 0), ("direct", "direct", 0), ("seed", "winograd", 4)):
-            r = self.run_train(name, {"DIFFTRAIN_CONV": conv}, f"run.seed={seed}")
+        runs = (("onednn", "onednn", 0), ("libtorch", "libtorch", 0), ("seed", "onednn", 4))
+        for name, conv, seed in runs:
+            r = self.run_train(f"{precision}-{name}", {"DIFFTRAIN_CONV": conv}, f"run.seed={seed}",
+                               f"train.precision={precision}")
             self.assertEqual(r.returncode, 0, r.stderr[-3000:])
-        a, b, control = self.weights("winograd", 4), self.weights("direct", 4), self.weights("seed", 4)
+        a, b, control = (self.weights(f"{precision}-{name}", 4) for name, _, _ in runs)
         worst = max((a[k] - b[k]).abs().max().item() for k in a)
         other_seed = max((a[k] - control[k]).abs().max().item() for k in a)
-        print(f"twin: Winograd vs direct convolutions, 4 steps: max |weight difference| {worst:.3g} "
+        print(f"twin: oneDNN vs LibTorch convolutions, {precision}, 4 steps: max |weight difference| {worst:.3g} "
               f"(another seed: {other_seed:.3g})", file=sys.stderr)
         self.assertGreater(worst, 0)  # the switch chose another kernel
-        self.assertLess(100 * worst, other_seed)  # float32 rounding, not another function
+        self.assertLess(factor * worst, other_seed)  # rounding, not another function
+
+    def test_winograd_and_libtorch_convolutions_train_alike(self):
+        self.convolutions_train_alike("fp32", 100)
+
+    def test_bf16_onednn_and_libtorch_convolutions_train_alike(self):
+        # bf16 rounding of activations, and float32 instead of bf16 weight gradients (onednn_conv.h)
+        self.convolutions_train_alike("bf16", 10)
 
     def test_bad_switch_values_are_clean_errors(self):
         self.make_data()
@@ -143,6 +154,8 @@ class SpeedSwitches(TwinTest):
         self.assert_clean_error(r, "DIFFTRAIN_PROFILE_STEPS", "'3'", "FIRST:COUNT")
         r = self.run_train("b", {"DIFFTRAIN_CPU_CACHE_MIB": "lots"})
         self.assert_clean_error(r, "DIFFTRAIN_CPU_CACHE_MIB", "'lots'")
+        r = self.run_train("c", {"DIFFTRAIN_CONV": "direct"})
+        self.assert_clean_error(r, "DIFFTRAIN_CONV=direct", "onednn", "libtorch")
 
 
 if __name__ == "__main__":

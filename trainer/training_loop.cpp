@@ -102,7 +102,8 @@ void run_training_loop(const Config& config, Communicator& comm, const std::stri
       loss_value += loss.item<double>();
     }
     model.reducer.finish();
-    const auto& grads = model.reducer.gradients();
+    // All gradients, one flat tensor per bucket (the same values as model.reducer.gradients()).
+    const auto& grads = model.reducer.flat_gradients();
     // Averaged gradients are identical on every rank, so every rank makes the same skip decision.
     const bool finite = model.scaler.unscale_and_check(grads);
     // An fp16 overflow is the loss scaler's to handle until its scale reaches the floor.

@@ -1,4 +1,4 @@
-#include "model/winograd_conv.h"
+#include "model/onednn_conv.h"
 
 #include <ATen/autocast_mode.h>
 #include <torch/csrc/jit/frontend/tracer.h>
@@ -10,6 +10,8 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <stdexcept>
+#include <string>
 #include <tuple>
 #include <unordered_map>
 #include <variant>
@@ -20,11 +22,14 @@
 
 namespace difftrain::model {
 
-bool winograd_conv_enabled() {
+bool onednn_conv_enabled() {
 #ifdef DIFFTRAIN_HAVE_ONEDNN
   static const bool enabled = [] {
     const char* value = std::getenv("DIFFTRAIN_CONV");
-    return value == nullptr || std::strcmp(value, "direct") != 0;
+    if (value == nullptr || std::strcmp(value, "onednn") == 0) return true;
+    if (std::strcmp(value, "libtorch") == 0) return false;
+    throw std::runtime_error(std::string("DIFFTRAIN_CONV=") + value +
+                             ": expected onednn (the default) or libtorch (LibTorch's own convolutions)");
   }();
   return enabled;
 #else
@@ -92,45 +97,65 @@ struct Plan {
   Reorder src_in, weights_forward, dst_out;                  // forward
   Reorder grad_in_data, weights_backward, grad_src_out;      // backward by data
   Reorder grad_in_weights, src_for_weights, grad_weights_out;  // backward by weights
+  bool shared_diff_dst = false;  // both backward kernels read the upstream gradient in one layout: reorder it once
 };
 
-memory::desc plain(const memory::dims& dims, Tag tag) { return memory::desc(dims, memory::data_type::f32, tag); }
+using Type = memory::data_type;
+memory::desc plain(const memory::dims& dims, Tag tag, Type type = Type::f32) { return memory::desc(dims, type, tag); }
 
-// nullptr where oneDNN has no Winograd kernel for the shape (the caller takes torch::conv2d).
-std::shared_ptr<Plan> make_plan(int64_t n, int64_t ic, int64_t oc, int64_t h, int64_t w, bool bias) {
+// float32 Winograd, or bf16 direct under bf16 autocast (onednn_conv.h).
+enum class Mode { kWinogradF32, kDirectBf16 };
+
+// Whether oneDNN picked one of its JIT kernels (never the reference loops, which are far slower than LibTorch).
+bool jit(const dnnl::primitive_desc_base& pd) { return std::string(pd.impl_info_str()).find("jit") != std::string::npos; }
+
+// nullptr where oneDNN has no JIT kernel for the shape (the caller takes torch::conv2d).
+// src_type: the input's dtype (under autocast a float32 or bf16 activation); the weights are float32.
+std::shared_ptr<Plan> make_plan(int64_t n, int64_t ic, int64_t oc, int64_t h, int64_t w, bool bias, Mode mode,
+                                Type src_type) {
   const memory::dims strides{1, 1}, padding{1, 1};
-  auto any = [](const memory::dims& dims) { return memory::desc(dims, memory::data_type::f32, Tag::any); };
+  const bool bf16 = mode == Mode::kDirectBf16;
+  // The kernels' types: everything float32 for Winograd; bf16 operands with float32 bias and
+  // weight gradient for bf16 (oneDNN accumulates in float32 either way).
+  const Type compute = bf16 ? Type::bf16 : Type::f32;
+  auto any = [](const memory::dims& dims, Type type) { return memory::desc(dims, type, Tag::any); };
   const memory::dims src{n, ic, h, w}, weights{oc, ic, 3, 3}, dst{n, oc, h, w}, bias_dims{oc};
   auto plan = std::make_shared<Plan>();
-  plan->user_src = plain(src, Tag::nchw);
+  plan->user_src = plain(src, Tag::nchw, src_type);
   plan->user_weights = plain(weights, Tag::oihw);
   plan->user_bias = plain(bias_dims, Tag::x);
-  plan->user_dst = plain(dst, Tag::nchw);
-  const auto algorithm = dnnl::algorithm::convolution_winograd;
+  plan->user_dst = plain(dst, Tag::nchw, compute);
+  const auto algorithm = bf16 ? dnnl::algorithm::convolution_direct : dnnl::algorithm::convolution_winograd;
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   const memory::desc no_bias;
   try {
     plan->forward_pd = dnnl::convolution_forward::primitive_desc(
-        dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training, algorithm, any(src), any(weights),
-                                        bias ? plan->user_bias : no_bias, any(dst), strides, padding, padding),
+        dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training, algorithm, any(src, compute),
+                                        any(weights, compute), bias ? plan->user_bias : no_bias, any(dst, compute),
+                                        strides, padding, padding),
         attr, engine());
     plan->backward_data_pd = dnnl::convolution_backward_data::primitive_desc(
-        dnnl::convolution_backward_data::desc(algorithm, any(src), any(weights), any(dst), strides, padding, padding),
+        dnnl::convolution_backward_data::desc(algorithm, any(src, compute), any(weights, compute), any(dst, compute),
+                                              strides, padding, padding),
         attr, engine(), plan->forward_pd);
     plan->backward_weights_pd = dnnl::convolution_backward_weights::primitive_desc(
-        dnnl::convolution_backward_weights::desc(algorithm, any(src), any(weights), bias ? plan->user_bias : no_bias,
-                                                 any(dst), strides, padding, padding),
+        dnnl::convolution_backward_weights::desc(algorithm, any(src, compute), any(weights, Type::f32),
+                                                 bias ? plan->user_bias : no_bias, any(dst, compute), strides,
+                                                 padding, padding),
         attr, engine(), plan->forward_pd);
   } catch (const dnnl::error&) {
-    return nullptr;  // no Winograd implementation for this shape on this CPU
+    return nullptr;  // no implementation of this algorithm for this shape on this CPU
   }
   const auto& f = plan->forward_pd;
   const auto& bd = plan->backward_data_pd;
   const auto& bw = plan->backward_weights_pd;
+  if (!jit(f) || !jit(bd) || !jit(bw)) return nullptr;
   plan->forward = dnnl::convolution_forward(f);
   plan->backward_data = dnnl::convolution_backward_data(bd);
   plan->backward_weights = dnnl::convolution_backward_weights(bw);
+  // Each reorder also converts types where they differ (float32 input or weights to bf16, bf16 gradient to
+  // the input's dtype): eager autocast's casts, fused into the layout change.
   plan->src_in = Reorder(plan->user_src, f.src_desc());
   plan->weights_forward = Reorder(plan->user_weights, f.weights_desc());
   plan->dst_out = Reorder(f.dst_desc(), plan->user_dst);
@@ -140,18 +165,22 @@ std::shared_ptr<Plan> make_plan(int64_t n, int64_t ic, int64_t oc, int64_t h, in
   plan->grad_in_weights = Reorder(plan->user_dst, bw.diff_dst_desc());
   plan->src_for_weights = Reorder(f.src_desc(), bw.src_desc());
   plan->grad_weights_out = Reorder(bw.diff_weights_desc(), plan->user_weights);
+  plan->shared_diff_dst = bd.diff_dst_desc() == bw.diff_dst_desc();
   return plan;
 }
 
-std::shared_ptr<Plan> plan_for(at::IntArrayRef x_sizes, int64_t out_channels, bool bias) {
-  using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, bool, int>;
+Type dnnl_type(at::ScalarType type) { return type == at::kBFloat16 ? Type::bf16 : Type::f32; }
+
+std::shared_ptr<Plan> plan_for(at::IntArrayRef x_sizes, int64_t out_channels, bool bias, Mode mode,
+                               at::ScalarType x_type) {
+  using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, bool, int, Mode, at::ScalarType>;
   thread_local std::map<Key, std::shared_ptr<Plan>> plans;
   const int64_t n = x_sizes[0], ic = x_sizes[1], h = x_sizes[2], w = x_sizes[3];
-  const Key key{n, ic, out_channels, h, w, bias, at::get_num_threads()};
+  const Key key{n, ic, out_channels, h, w, bias, at::get_num_threads(), mode, x_type};
   auto found = plans.find(key);
   if (found == plans.end()) {
     if (plans.size() >= 256) plans.clear();  // shapes churn only in unusual callers
-    found = plans.emplace(key, make_plan(n, ic, out_channels, h, w, bias)).first;
+    found = plans.emplace(key, make_plan(n, ic, out_channels, h, w, bias, mode, dnnl_type(x_type))).first;
   }
   return found->second;
 }
@@ -186,24 +215,27 @@ at::Tensor run_forward(Plan& plan, const at::Tensor& x, const at::Tensor& weight
   std::unordered_map<int, memory> args{{DNNL_ARG_SRC, src.mem}, {DNNL_ARG_WEIGHTS, weights.mem}, {DNNL_ARG_DST, dst.mem}};
   if (bias.defined()) args.emplace(DNNL_ARG_BIAS, memory(plan.user_bias, engine(), bias.data_ptr()));
   run(plan.forward, pd, std::move(args));
-  auto y = at::empty({x.size(0), weight.size(0), x.size(2), x.size(3)}, x.options());
+  const auto y_type = plan.user_dst.data_type() == Type::bf16 ? at::kBFloat16 : at::kFloat;
+  auto y = at::empty({x.size(0), weight.size(0), x.size(2), x.size(3)}, x.options().dtype(y_type));
   plan.dst_out.into(dst, user_buffer(y, plan.user_dst));
   stream().wait();
   if (kept_src != nullptr) *kept_src = src;
   return y;
 }
 
-struct WinogradConvFunction : torch::autograd::Function<WinogradConvFunction> {
+struct OnednnConvFunction : torch::autograd::Function<OnednnConvFunction> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
-                            const at::Tensor& maybe_bias) {
+                            const at::Tensor& maybe_bias, int64_t mode) {
     const at::Tensor bias = maybe_bias.numel() > 0 ? maybe_bias : at::Tensor();
-    auto plan = plan_for(x.sizes(), weight.size(0), bias.defined());
+    auto plan = plan_for(x.sizes(), weight.size(0), bias.defined(), static_cast<Mode>(mode), x.scalar_type());
     Buffer src;
     auto y = run_forward(*plan, x.contiguous(), weight.contiguous(), bias, &src);
-    // The source in the kernel's layout (the same bytes as x) replaces x among the saved tensors.
+    // The source in the kernel's layout and type (x's values, bf16 in bf16 mode) replaces x among the saved tensors.
     ctx->save_for_backward({src.storage, weight});
     ctx->saved_data["has_bias"] = bias.defined();
     ctx->saved_data["x_sizes"] = x.sizes().vec();
+    ctx->saved_data["x_type"] = static_cast<int64_t>(x.scalar_type());
+    ctx->saved_data["mode"] = mode;
     return y;
   }
 
@@ -214,23 +246,30 @@ struct WinogradConvFunction : torch::autograd::Function<WinogradConvFunction> {
     const at::Tensor weight = saved[1].contiguous();
     const bool has_bias = ctx->saved_data["has_bias"].toBool();
     const auto x_sizes = ctx->saved_data["x_sizes"].toIntVector();
-    auto plan = plan_for(x_sizes, weight.size(0), has_bias);
-    const at::Tensor grad = grads[0].contiguous();
+    const auto x_type = static_cast<at::ScalarType>(ctx->saved_data["x_type"].toInt());
+    const auto mode = static_cast<Mode>(ctx->saved_data["mode"].toInt());
+    auto plan = plan_for(x_sizes, weight.size(0), has_bias, mode, x_type);
+    const auto y_type = plan->user_dst.data_type() == Type::bf16 ? at::kBFloat16 : at::kFloat;
+    const at::Tensor grad = grads[0].to(y_type).contiguous();
     const Buffer grad_user = user_buffer(grad, plan->user_dst);
+    const bool data = ctx->needs_input_grad(0);
+    const bool weights = ctx->needs_input_grad(1) || (has_bias && ctx->needs_input_grad(2));
     at::Tensor grad_x, grad_weight, grad_bias;
-    if (ctx->needs_input_grad(0)) {
+    Buffer diff_dst;  // the upstream gradient in the backward kernels' layout
+    if (data) {
       const auto& pd = plan->backward_data_pd;
-      const Buffer diff_dst = plan->grad_in_data(grad_user, pd.diff_dst_desc());
-      const Buffer weights = plan->weights_backward(user_buffer(weight, plan->user_weights), pd.weights_desc());
+      diff_dst = plan->grad_in_data(grad_user, pd.diff_dst_desc());
+      const Buffer weights_blocked =
+          plan->weights_backward(user_buffer(weight, plan->user_weights), pd.weights_desc());
       const Buffer diff_src = buffer(pd.diff_src_desc());
       run(plan->backward_data, pd,
-          {{DNNL_ARG_DIFF_DST, diff_dst.mem}, {DNNL_ARG_WEIGHTS, weights.mem}, {DNNL_ARG_DIFF_SRC, diff_src.mem}});
-      grad_x = at::empty(x_sizes, weight.options());
+          {{DNNL_ARG_DIFF_DST, diff_dst.mem}, {DNNL_ARG_WEIGHTS, weights_blocked.mem}, {DNNL_ARG_DIFF_SRC, diff_src.mem}});
+      grad_x = at::empty(x_sizes, weight.options().dtype(x_type));
       plan->grad_src_out.into(diff_src, user_buffer(grad_x, plan->user_src));
     }
-    if (ctx->needs_input_grad(1) || (has_bias && ctx->needs_input_grad(2))) {
+    if (weights) {
       const auto& pd = plan->backward_weights_pd;
-      const Buffer diff_dst = plan->grad_in_weights(grad_user, pd.diff_dst_desc());
+      if (!data || !plan->shared_diff_dst) diff_dst = plan->grad_in_weights(grad_user, pd.diff_dst_desc());
       const Buffer src = plan->src_for_weights(
           Buffer{src_storage, memory(plan->forward_pd.src_desc(), engine(), src_storage.data_ptr())}, pd.src_desc());
       const Buffer diff_weights = buffer(pd.diff_weights_desc());
@@ -245,16 +284,17 @@ struct WinogradConvFunction : torch::autograd::Function<WinogradConvFunction> {
       plan->grad_weights_out.into(diff_weights, user_buffer(grad_weight, plan->user_weights));
     }
     stream().wait();
-    return {grad_x, grad_weight, grad_bias};
+    return {grad_x, grad_weight, grad_bias, at::Tensor()};
   }
 };
 
-bool takes_winograd_path(const torch::nn::Conv2dImpl& conv, const at::Tensor& x) {
-  if (!winograd_conv_enabled() || torch::jit::tracer::isTracing() || at::autocast::is_cpu_enabled()) return false;
+// The mode this call takes, or nothing (LibTorch's convolution).
+std::optional<Mode> onednn_mode(const torch::nn::Conv2dImpl& conv, const at::Tensor& x) {
+  if (!onednn_conv_enabled() || torch::jit::tracer::isTracing()) return std::nullopt;
   const auto& o = conv.options;
   if ((*o.kernel_size())[0] != 3 || (*o.kernel_size())[1] != 3 || (*o.stride())[0] != 1 || (*o.stride())[1] != 1 ||
       (*o.dilation())[0] != 1 || (*o.dilation())[1] != 1 || o.groups() != 1) {
-    return false;
+    return std::nullopt;
   }
 #if TORCH_VERSION_MAJOR >= 2  // LibTorch 2 has std::variant options, 1.13 its own c10::variant
   using std::get_if, std::holds_alternative;
@@ -264,11 +304,25 @@ bool takes_winograd_path(const torch::nn::Conv2dImpl& conv, const at::Tensor& x)
   const auto* padding = get_if<torch::ExpandingArray<2>>(&o.padding());
   if (padding == nullptr || (**padding)[0] != 1 || (**padding)[1] != 1 ||
       !holds_alternative<torch::enumtype::kZeros>(o.padding_mode())) {
-    return false;
+    return std::nullopt;
   }
-  if (!x.device().is_cpu() || x.layout() != at::kStrided || x.dim() != 4 || x.numel() == 0) return false;
-  if (x.scalar_type() != at::kFloat || conv.weight.scalar_type() != at::kFloat) return false;
-  return plan_for(x.sizes(), conv.weight.size(0), conv.bias.defined()) != nullptr;
+  if (!x.device().is_cpu() || x.layout() != at::kStrided || x.dim() != 4 || x.numel() == 0) return std::nullopt;
+  if (conv.weight.scalar_type() != at::kFloat || (conv.bias.defined() && conv.bias.scalar_type() != at::kFloat)) {
+    return std::nullopt;
+  }
+  Mode mode;
+  if (!at::autocast::is_cpu_enabled()) {
+    if (x.scalar_type() != at::kFloat) return std::nullopt;
+    mode = Mode::kWinogradF32;
+  } else {
+    if (at::autocast::get_autocast_cpu_dtype() != at::kBFloat16) return std::nullopt;
+    if (x.scalar_type() != at::kFloat && x.scalar_type() != at::kBFloat16) return std::nullopt;
+    mode = Mode::kDirectBf16;
+  }
+  if (plan_for(x.sizes(), conv.weight.size(0), conv.bias.defined(), mode, x.scalar_type()) == nullptr) {
+    return std::nullopt;
+  }
+  return mode;
 }
 
 }  // namespace
@@ -276,14 +330,17 @@ bool takes_winograd_path(const torch::nn::Conv2dImpl& conv, const at::Tensor& x)
 
 torch::Tensor conv2d_3x3(torch::nn::Conv2dImpl& conv, const torch::Tensor& x) {
 #ifdef DIFFTRAIN_HAVE_ONEDNN
-  if (takes_winograd_path(conv, x)) {
+  if (const auto mode = onednn_mode(conv, x)) {
     const auto& weight = conv.weight;
     const auto& bias = conv.bias;
     const bool grads = torch::GradMode::is_enabled() &&
                        (x.requires_grad() || weight.requires_grad() || (bias.defined() && bias.requires_grad()));
     // LibTorch 1.13's autograd Function takes no undefined inputs: no bias is an empty tensor there.
-    if (grads) return WinogradConvFunction::apply(x, weight, bias.defined() ? bias : at::empty({0}, weight.options()));
-    auto plan = plan_for(x.sizes(), weight.size(0), bias.defined());
+    if (grads) {
+      return OnednnConvFunction::apply(x, weight, bias.defined() ? bias : at::empty({0}, weight.options()),
+                                       static_cast<int64_t>(*mode));
+    }
+    auto plan = plan_for(x.sizes(), weight.size(0), bias.defined(), *mode, x.scalar_type());
     return run_forward(*plan, x.contiguous(), weight.contiguous(), bias, nullptr);
   }
 #endif
