@@ -163,6 +163,12 @@ TEST(ConfigValidation, AbsurdFloatsAreOutOfRangeNamingTheKey) {
   expect_names(error_of("", {"distributed.timeout_seconds=1e9"}), "'distributed.timeout_seconds'");
   expect_names(error_of("", {"distributed.bucket_mb=1e-9"}), "'distributed.bucket_mb'");
   expect_names(error_of("", {"train.cond_dropout=1"}), "never learns from text");
+  expect_names(error_of("", {"diffusion.loss_weighting=snr"}), "'diffusion.loss_weighting' = snr");
+  expect_names(error_of("", {"diffusion.loss_weighting=snr"}), "uniform or min_snr");
+  expect_names(error_of("", {"diffusion.timestep_sampling=logit"}), "uniform or lognormal");
+  expect_names(error_of("", {"diffusion.min_snr_gamma=0"}), "'diffusion.min_snr_gamma' = 0");
+  expect_names(error_of("", {"diffusion.offset_noise=-0.1"}), "'diffusion.offset_noise' = -0.1");
+  expect_names(error_of("", {"diffusion.lognormal_std=0"}), "'diffusion.lognormal_std' = 0");
 }
 
 TEST(ConfigValidation, IntegerOverflowIsAnErrorNamingTheKey) {
@@ -365,7 +371,9 @@ TEST(ConfigDiff, ClassifiesChangesAsGeometryOrRecorded) {
                                 "model.channel_mults", "model.max_tokens", "diffusion.timesteps", "diffusion.schedule"})
     EXPECT_TRUE(difftrain::is_geometry_key(key)) << key;
   for (const std::string key : {"run.dir", "data.synthetic", "data.prefetch_batches", "train.precision",
-                                "train.grad_accum_steps", "eval.samples", "checkpoint.keep", "monitoring.port"})
+                                "train.grad_accum_steps", "eval.samples", "checkpoint.keep", "monitoring.port",
+                                "diffusion.loss_weighting", "diffusion.min_snr_gamma", "diffusion.timestep_sampling",
+                                "diffusion.lognormal_mean", "diffusion.lognormal_std", "diffusion.offset_noise"})
     EXPECT_FALSE(difftrain::is_geometry_key(key)) << key;
   EXPECT_TRUE(difftrain::diff_saved_config(difftrain::config_to_yaml(run), "ckpt", run).empty());
 }

@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "diffusion/guidance.h"
+#include "diffusion/loss_weighting.h"
 #include "diffusion/objective.h"
 #include "diffusion/samplers.h"
 #include "diffusion/schedule.h"
@@ -166,4 +167,60 @@ TEST(Samplers, DdimEta1IsStochasticAndEta0IsNot) {
   EXPECT_TRUE(torch::equal(run(0.0, 1), run(0.0, 99)));
   EXPECT_FALSE(torch::equal(run(1.0, 1), run(1.0, 99)));
   EXPECT_THROW(run(1.5, 1), c10::Error);
+}
+
+// Min-SNR-γ: weighing each target's squared error by its weight gives min(SNR, γ)‖x0 − x̂0‖² for
+// every target, checked through the targets' own conversions (training_target, output_to_eps), not
+// the weight formula.
+TEST(LossWeighting, MinSnrWeightsEveryTargetToTheClampedX0Loss) {
+  torch::manual_seed(0);
+  const auto schedule = dd::make_schedule("cosine", 1000);
+  const auto t = torch::tensor({0, 10, 100, 400, 700, 999}, torch::kInt64);
+  const int64_t B = t.size(0);
+  auto x0 = torch::randn({B, 2, 4, 4}, torch::kFloat64);
+  auto eps = torch::randn({B, 2, 4, 4}, torch::kFloat64);
+  auto x_t = dd::q_sample(schedule, x0, t, eps);
+  const double gamma = 5.0;
+  const auto alpha_bar = schedule.alphas_cumprod.index_select(0, t);
+  const auto snr = alpha_bar / (1 - alpha_bar);
+  for (const auto prediction : {dd::Prediction::kEps, dd::Prediction::kV}) {
+    const auto target = dd::training_target(prediction, schedule, x0, eps, t);
+    const auto output = target + 0.1 * torch::randn_like(target);  // an imperfect network
+    const auto eps_hat = dd::output_to_eps(prediction, schedule, output, x_t, t);
+    const auto a = alpha_bar.view({B, 1, 1, 1});
+    const auto x0_hat = (x_t - (1 - a).sqrt() * eps_hat) / a.sqrt();
+    const auto x0_loss = (x0 - x0_hat).pow(2).mean({1, 2, 3});
+    const auto target_loss = (output - target).pow(2).mean({1, 2, 3});
+    const auto w = dd::loss_weights(dd::LossWeighting::kMinSnr, prediction, schedule, t, gamma).to(torch::kFloat64);
+    const auto want = torch::clamp_max(snr, gamma) * x0_loss;
+    EXPECT_TRUE(torch::allclose(w * target_loss, want, 1e-5, 1e-12)) << (w * target_loss) << want;
+    EXPECT_TRUE(torch::equal(dd::loss_weights(dd::LossWeighting::kUniform, prediction, schedule, t, gamma),
+                             torch::ones({B})));
+  }
+  EXPECT_THROW(dd::parse_loss_weighting("snr"), std::invalid_argument);
+}
+
+// Log-normal timesteps: each draw lands on the timestep whose σ_t = exp(−λ_t) is nearest to
+// exp(mean + std·z) in log; the draws' ln σ have the asked mean and std.
+TEST(LossWeighting, LognormalTimestepsFollowTheirNoiseLevels) {
+  const auto schedule = dd::make_schedule("cosine", 1000);
+  for (double z : {-2.0, -1.0, 0.0, 0.5, 1.5}) {
+    const double log_sigma = -1.2 + 1.2 * z;
+    const int64_t t = dd::lognormal_timestep(schedule, z, -1.2, 1.2);
+    ASSERT_GT(t, 0);
+    ASSERT_LT(t, 999);
+    // No neighbour is nearer in ln σ = −λ.
+    const double here = std::abs(-schedule.lambda(t) - log_sigma);
+    EXPECT_LE(here, std::abs(-schedule.lambda(t - 1) - log_sigma));
+    EXPECT_LE(here, std::abs(-schedule.lambda(t + 1) - log_sigma));
+  }
+  EXPECT_GT(dd::lognormal_timestep(schedule, 1.0, -1.2, 1.2), dd::lognormal_timestep(schedule, 0.0, -1.2, 1.2));
+  torch::manual_seed(1);
+  const auto z = torch::randn({4000}, torch::kFloat64);
+  std::vector<double> log_sigmas;
+  for (int64_t i = 0; i < z.size(0); ++i)
+    log_sigmas.push_back(-schedule.lambda(dd::lognormal_timestep(schedule, z[i].item<double>(), -1.2, 1.2)));
+  const auto ls = torch::tensor(log_sigmas);
+  EXPECT_NEAR(ls.mean().item<double>(), -1.2, 0.06);
+  EXPECT_NEAR(ls.std().item<double>(), 1.2, 0.06);
 }

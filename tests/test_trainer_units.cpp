@@ -2,6 +2,7 @@
 #include <torch/torch.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -369,4 +370,31 @@ int main(int argc, char** argv) {
   g_session = &session;
   ::testing::InitGoogleTest(&argc, argv);
   return RUN_ALL_TESTS();
+}
+
+TEST(SampleDraws, OffsetNoiseAndLognormalTimestepsKeepTheOtherDrawsAndRankIndependence) {
+  const std::vector<int64_t> shape = {3, 4, 4};
+  const auto plain = draw_samples(11, 3, 16, 1, 8, 1000, shape, 0.5);
+  const auto offset = draw_samples(11, 3, 16, 1, 8, 1000, shape, 0.5, {}, 0.1);
+  // Same timesteps, drops and flips; the noise differs by one constant per image and channel.
+  EXPECT_TRUE(torch::equal(plain.timesteps, offset.timesteps));
+  EXPECT_TRUE(torch::equal(plain.drop, offset.drop));
+  EXPECT_TRUE(torch::equal(plain.flip, offset.flip));
+  const auto shift = offset.noise - plain.noise;  // (B, C, H, W)
+  EXPECT_GT(shift.abs().max().item<double>(), 0);
+  EXPECT_LT((shift - shift.mean({2, 3}, true)).abs().max().item<double>(), 1e-6);
+  const auto many = draw_samples(1, 0, 0, 1, 4000, 1000, {1, 2, 2}, 0.1, {}, 0.1);
+  const auto many_plain = draw_samples(1, 0, 0, 1, 4000, 1000, {1, 2, 2}, 0.1);
+  EXPECT_NEAR((many.noise - many_plain.noise).mean({1, 2, 3}).std().item<double>(), 0.1, 0.005);
+  // A timestep function of one normal draw replaces the uniform one, the same on any rank split.
+  auto of_normal = [](double z) { return static_cast<int64_t>(std::clamp(500.0 + 100.0 * z, 0.0, 999.0)); };
+  const auto one = draw_samples(11, 3, 16, 1, 8, 1000, shape, 0.5, of_normal, 0.1);
+  const auto rank1 = draw_samples(11, 3, 17, 2, 4, 1000, shape, 0.5, of_normal, 0.1);
+  for (int64_t j = 0; j < 4; ++j) {
+    EXPECT_TRUE(torch::equal(one.noise[2 * j + 1], rank1.noise[j]));
+    EXPECT_EQ(one.timesteps[2 * j + 1].item<int64_t>(), rank1.timesteps[j].item<int64_t>());
+  }
+  const auto normal_t = draw_samples(1, 0, 0, 1, 4000, 1000, {1}, 0.1, of_normal).timesteps.to(torch::kFloat64);
+  EXPECT_NEAR(normal_t.mean().item<double>(), 500, 6);
+  EXPECT_NEAR(normal_t.std().item<double>(), 100, 6);
 }

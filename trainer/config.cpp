@@ -62,6 +62,12 @@ void visit_config_fields(Config& c, Visitor&& v) {
   v("diffusion.timesteps", c.diffusion.timesteps);
   v("diffusion.schedule", c.diffusion.schedule);
   v("diffusion.prediction", c.diffusion.prediction);
+  v("diffusion.loss_weighting", c.diffusion.loss_weighting);
+  v("diffusion.min_snr_gamma", c.diffusion.min_snr_gamma);
+  v("diffusion.timestep_sampling", c.diffusion.timestep_sampling);
+  v("diffusion.lognormal_mean", c.diffusion.lognormal_mean);
+  v("diffusion.lognormal_std", c.diffusion.lognormal_std);
+  v("diffusion.offset_noise", c.diffusion.offset_noise);
   v("train.batch_size", c.train.batch_size);
   v("train.grad_accum_steps", c.train.grad_accum_steps);
   v("train.max_steps", c.train.max_steps);
@@ -639,6 +645,18 @@ void validate_config(const Config& c) {
           c.diffusion.schedule, "linear or cosine");
   require(c.diffusion.prediction == "eps" || c.diffusion.prediction == "v", "diffusion.prediction",
           c.diffusion.prediction, "eps or v");
+  require(c.diffusion.loss_weighting == "uniform" || c.diffusion.loss_weighting == "min_snr",
+          "diffusion.loss_weighting", c.diffusion.loss_weighting, "uniform or min_snr");
+  require(c.diffusion.min_snr_gamma > 0 && c.diffusion.min_snr_gamma <= 1e4, "diffusion.min_snr_gamma",
+          c.diffusion.min_snr_gamma, "in (0, 10000] (Hang et al. use 5)");
+  require(c.diffusion.timestep_sampling == "uniform" || c.diffusion.timestep_sampling == "lognormal",
+          "diffusion.timestep_sampling", c.diffusion.timestep_sampling, "uniform or lognormal");
+  require(c.diffusion.lognormal_mean >= -20 && c.diffusion.lognormal_mean <= 20, "diffusion.lognormal_mean",
+          c.diffusion.lognormal_mean, "in [-20, 20] (ln sigma; EDM uses -1.2)");
+  require(c.diffusion.lognormal_std > 0 && c.diffusion.lognormal_std <= 20, "diffusion.lognormal_std",
+          c.diffusion.lognormal_std, "in (0, 20] (EDM uses 1.2)");
+  require(c.diffusion.offset_noise >= 0 && c.diffusion.offset_noise <= 1, "diffusion.offset_noise",
+          c.diffusion.offset_noise, "in [0, 1]");
   require(c.train.batch_size >= 1 && c.train.batch_size <= kMaxBatch, "train.batch_size", c.train.batch_size,
           "in [1, 65536]");
   require(c.train.grad_accum_steps >= 1 && c.train.grad_accum_steps <= kMaxBatch, "train.grad_accum_steps",

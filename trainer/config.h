@@ -83,6 +83,14 @@ struct DiffusionConfig {
   int64_t timesteps = 1000;
   std::string schedule = "linear";  // linear | cosine
   std::string prediction = "eps";   // eps | v
+  // How the training loss weighs and samples timesteps (diffusion/loss_weighting.h); training
+  // choices only, so they may change on resume.
+  std::string loss_weighting = "uniform";      // uniform | min_snr
+  double min_snr_gamma = 5.0;                  // Min-SNR-γ's clamp (Hang et al. 2023: 5)
+  std::string timestep_sampling = "uniform";   // uniform | lognormal
+  double lognormal_mean = -1.2;                // ln σ ~ N(mean, std²) (EDM: P_mean = -1.2, P_std = 1.2)
+  double lognormal_std = 1.2;
+  double offset_noise = 0.0;                   // std of a per-image, per-channel constant added to the noise
 };
 
 struct TrainConfig {

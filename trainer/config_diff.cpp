@@ -24,6 +24,11 @@ bool is_geometry_key(const std::string& key) {
                                           "data.latent_shift", "data.latent_encoder"};
   if (keys.count(key)) return true;
   if (key == "model.dropout" || key == "model.checkpoint_activations") return false;
+  // How the loss weighs and samples timesteps, and offset noise: training choices, the network means the same.
+  static const std::set<std::string> training{"diffusion.loss_weighting",  "diffusion.min_snr_gamma",
+                                              "diffusion.timestep_sampling", "diffusion.lognormal_mean",
+                                              "diffusion.lognormal_std",   "diffusion.offset_noise"};
+  if (training.count(key)) return false;
   return key.rfind("model.", 0) == 0 || key.rfind("diffusion.", 0) == 0;
 }
 

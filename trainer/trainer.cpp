@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <chrono>
+#include <functional>
 #include <filesystem>
 #include <memory>
 #include <optional>
@@ -13,6 +14,7 @@
 #include "data/loader.h"
 #include "data/shard_reader.h"
 #include "data/synthetic_shapes.h"
+#include "diffusion/loss_weighting.h"
 #include "diffusion/objective.h"
 #include "diffusion/schedule.h"
 #include "model/tokenizer.h"
@@ -162,6 +164,13 @@ void train(const Config& given_config, MpiSession& session, const TrainingHooks&
 
   const auto schedule = diffusion::make_schedule(config.diffusion.schedule, config.diffusion.timesteps);
   const auto prediction = diffusion::parse_prediction(config.diffusion.prediction);
+  const auto weighting = diffusion::parse_loss_weighting(config.diffusion.loss_weighting);
+  std::function<int64_t(double)> timestep_of_normal;  // empty: uniform timesteps
+  if (config.diffusion.timestep_sampling == "lognormal") {
+    timestep_of_normal = [&schedule, &config](double z) {
+      return diffusion::lognormal_timestep(schedule, z, config.diffusion.lognormal_mean, config.diffusion.lognormal_std);
+    };
+  }
   // The UNet's input: images, or latents (c, h, h) with data.latents.
   const int64_t H = model_input_size(config), C = model_input_channels(config), B = config.train.batch_size;
   data::LatentInfo latent_scaling;
@@ -181,7 +190,8 @@ void train(const Config& given_config, MpiSession& session, const TrainingHooks&
                   .to(device);
     const auto draws = draw_samples(static_cast<uint64_t>(config.run.seed), batch.position.epoch,
                                     batch.position.batch * global_batch + comm->rank(), comm->world_size(), B,
-                                    schedule.timesteps, {C, H, H}, config.train.cond_dropout);
+                                    schedule.timesteps, {C, H, H}, config.train.cond_dropout, timestep_of_normal,
+                                    config.diffusion.offset_noise);
     // Each sample's flip is part of its draws, so resume and rank-equivalence stay exact.
     if (config.data.random_flip) x0 = torch::where(draws.flip.view({B, 1, 1, 1}).to(device), x0.flip({3}), x0);
     // Condition dropout: the caption becomes the null condition (all padding for the
@@ -210,7 +220,13 @@ void train(const Config& given_config, MpiSession& session, const TrainingHooks&
       output = precomputed ? net->forward(x_t, t, condition) : net->forward(x_t, t, tokens);
     }
     // The step's loss is the mean over its micro-batches, as one batch of accum * B would give.
-    return torch::mse_loss(output.to(torch::kFloat32), target) / static_cast<double>(accum);
+    if (weighting == diffusion::LossWeighting::kUniform)
+      return torch::mse_loss(output.to(torch::kFloat32), target) / static_cast<double>(accum);
+    // Each sample's squared error weighed by its timestep's weight (Min-SNR-γ), then the batch mean.
+    const auto weights = diffusion::loss_weights(weighting, prediction, schedule, draws.timesteps,
+                                                 config.diffusion.min_snr_gamma).to(device);
+    const auto per_sample = (output.to(torch::kFloat32) - target).pow(2).mean({1, 2, 3});
+    return (weights * per_sample).mean() / static_cast<double>(accum);
   };
   // The FID point (collective) and the validation grids (rank 0) of the EMA weights.
   const fs::path stats_path = fs::path(config.run.dir) / "metrics.jsonl";
