@@ -18,7 +18,9 @@ torch::Tensor loss_weights(LossWeighting weighting, Prediction prediction, const
   const auto alpha_bar = schedule.alphas_cumprod.index_select(0, t.to(torch::kCPU));  // float64
   const auto snr = alpha_bar / (1 - alpha_bar);
   const auto clamped = torch::clamp_max(snr, gamma);
-  const auto weight = prediction == Prediction::kEps ? clamped / snr : clamped / (snr + 1);
+  const auto weight = prediction == Prediction::kEps ? clamped / snr
+                      : prediction == Prediction::kV ? clamped / (snr + 1)
+                                                     : clamped;  // x0
   return weight.to(torch::kFloat32);
 }
 

@@ -30,7 +30,7 @@ enum class LossWeighting { kUniform, kMinSnr };
 LossWeighting parse_loss_weighting(const std::string& name);  // uniform | min_snr
 
 // (B) float32 per-sample weights of the squared error on `prediction`'s target at timesteps t ((B) int64):
-// ones for uniform, the Min-SNR-γ weight above for min_snr.
+// ones for uniform, the Min-SNR-γ weight above for min_snr (for eps, v and x0 targets).
 torch::Tensor loss_weights(LossWeighting weighting, Prediction prediction, const NoiseSchedule& schedule,
                            const torch::Tensor& t, double gamma);
 

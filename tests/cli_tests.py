@@ -400,6 +400,16 @@ class TrainingObjectives(Workdir):
             moved = max((one[k] - other[k]).abs().max().item() for k in one)
             self.assertGreater(moved, 100 * max(worst, 1e-7), f"{option} changed nothing ({moved})")
 
+    def test_x0_prediction_trains_with_min_snr_and_samples(self):
+        self.train(1, "x0", "diffusion.prediction=x0", "diffusion.loss_weighting=min_snr", "train.max_steps=4",
+                   "checkpoint.every=4")
+        log = [json.loads(l) for l in (self.dir / "x0" / "metrics.jsonl").read_text().splitlines() if '"loss"' in l]
+        self.assertTrue(log and all(0 < row["loss"] < 1e3 for row in log), log)
+        r = run(["sample", "--checkpoint", str(self.dir / "x0"), "--out", str(self.dir / "x0-samples"), "--prompt",
+                 "a red circle", "--steps", "5", "--guidance", "3"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(list((self.dir / "x0-samples").glob("*.png")), r.stdout)
+
 
 def rank_pids(mpirun_pid, ranks, deadline=60):
     """The pids of mpirun's rank processes, by MPI rank (Open MPI puts it in each one's environment)."""

@@ -81,7 +81,7 @@ TEST(Forward, QSampleHasTheMarginalOfEq4) {
   EXPECT_NEAR(xt.var().item<double>(), 1 - a, 0.01);
 }
 
-TEST(Objective, VPredictionConvertsBackToEps) {
+TEST(Objective, VAndX0PredictionsConvertBackToEps) {
   auto s = dd::cosine_schedule(1000);
   torch::manual_seed(1);
   auto x0 = torch::randn({8, 3, 4, 4}), eps = torch::randn({8, 3, 4, 4});
@@ -89,6 +89,13 @@ TEST(Objective, VPredictionConvertsBackToEps) {
   auto xt = dd::q_sample(s, x0, t, eps);
   auto v = dd::training_target(dd::Prediction::kV, s, x0, eps, t);
   EXPECT_TRUE(torch::allclose(dd::output_to_eps(dd::Prediction::kV, s, v, xt, t), eps, 1e-4, 1e-5));
+  // x0-prediction: the exact x0 converts back to the exact eps (away from t = 0, where 1 - alpha_bar -> 0
+  // amplifies float32 rounding).
+  auto x0_target = dd::training_target(dd::Prediction::kX0, s, x0, eps, t);
+  EXPECT_TRUE(torch::equal(x0_target, x0));
+  const auto late = t > 50;
+  EXPECT_TRUE(torch::allclose(dd::output_to_eps(dd::Prediction::kX0, s, x0, xt, t).index({late}), eps.index({late}),
+                              1e-3, 1e-4));
 }
 
 TEST(Noise, AnImagesNoiseDependsOnlyOnItsSeed) {
@@ -183,7 +190,7 @@ TEST(LossWeighting, MinSnrWeightsEveryTargetToTheClampedX0Loss) {
   const double gamma = 5.0;
   const auto alpha_bar = schedule.alphas_cumprod.index_select(0, t);
   const auto snr = alpha_bar / (1 - alpha_bar);
-  for (const auto prediction : {dd::Prediction::kEps, dd::Prediction::kV}) {
+  for (const auto prediction : {dd::Prediction::kEps, dd::Prediction::kV, dd::Prediction::kX0}) {
     const auto target = dd::training_target(prediction, schedule, x0, eps, t);
     const auto output = target + 0.1 * torch::randn_like(target);  // an imperfect network
     const auto eps_hat = dd::output_to_eps(prediction, schedule, output, x_t, t);

@@ -181,13 +181,15 @@ TEST(Conditioning, PrecomputedUNetTakesContextAndPooledAndAFullyMaskedContextIsF
 
 // The builtin model's numerics are those of the rule before precomputed conditioning
 // (masked keys at -1e4, no guard): with a real key in every row, values and gradients
-// are bit for bit the same, in fp32 and under bf16 autocast-style half scores.
+// are bit for bit the same, in fp32 and from bf16 operands (float32 scores, bf16 weights).
 TEST(Conditioning, MaskingMatchesTheEarlierLargeNegativeRuleBitForBit) {
   auto earlier = [](const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& valid) {
-    // The same matmul as the attention (oneDNN on CPU float32): only the masking rule differs.
-    auto scores = dm::batched_matmul(q, k.transpose(-1, -2), 1.0 / std::sqrt(static_cast<double>(q.size(-1))));
+    // The same matmuls as the attention (float32 scores, heads-interleaved output): only the masking rule differs.
+    auto scores = dm::batched_matmul(q, k.transpose(-1, -2), 1.0 / std::sqrt(static_cast<double>(q.size(-1))),
+                                     {torch::kFloat32});
     scores = scores.masked_fill(valid.logical_not().unsqueeze(1).unsqueeze(1), -1e4);
-    return dm::batched_matmul(torch::softmax(scores.to(torch::kFloat32), -1).to(v.scalar_type()), v);
+    return dm::batched_matmul(torch::softmax(scores, -1).to(v.scalar_type()), v, 1.0,
+                              {std::nullopt, /*heads_interleaved=*/true});
   };
   torch::manual_seed(4);
   for (auto dtype : {torch::kFloat32, torch::kBFloat16}) {

@@ -643,8 +643,8 @@ void validate_config(const Config& c) {
           c.diffusion.timesteps, "in [2, 100000]");
   require(c.diffusion.schedule == "linear" || c.diffusion.schedule == "cosine", "diffusion.schedule",
           c.diffusion.schedule, "linear or cosine");
-  require(c.diffusion.prediction == "eps" || c.diffusion.prediction == "v", "diffusion.prediction",
-          c.diffusion.prediction, "eps or v");
+  require(c.diffusion.prediction == "eps" || c.diffusion.prediction == "v" || c.diffusion.prediction == "x0",
+          "diffusion.prediction", c.diffusion.prediction, "eps, v or x0");
   require(c.diffusion.loss_weighting == "uniform" || c.diffusion.loss_weighting == "min_snr",
           "diffusion.loss_weighting", c.diffusion.loss_weighting, "uniform or min_snr");
   require(c.diffusion.min_snr_gamma > 0 && c.diffusion.min_snr_gamma <= 1e4, "diffusion.min_snr_gamma",

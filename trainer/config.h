@@ -82,7 +82,7 @@ struct ModelConfig {
 struct DiffusionConfig {
   int64_t timesteps = 1000;
   std::string schedule = "linear";  // linear | cosine
-  std::string prediction = "eps";   // eps | v
+  std::string prediction = "eps";   // eps | v | x0
   // How the training loss weighs and samples timesteps (diffusion/loss_weighting.h); training
   // choices only, so they may change on resume.
   std::string loss_weighting = "uniform";      // uniform | min_snr
