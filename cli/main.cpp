@@ -28,6 +28,7 @@
 #include "cli/encode_images_command.h"
 #include "cli/encode_text_command.h"
 #include "cli/make_shards_command.h"
+#include "cli/ema_reconstruct_command.h"
 #include "cli/model_info_command.h"
 #include "data/synthetic_shapes.h"
 #include "eval/atomic_write.h"
@@ -39,6 +40,7 @@
 #include "eval/feature_net.h"
 #include "eval/fid.h"
 #include "eval/fid_stats_io.h"
+#include "eval/fid_curves.h"
 #include "eval/fid_sweep.h"
 #include "eval/prompts.h"
 #include "diffusion/sampler_registry.h"
@@ -277,6 +279,7 @@ int main(int argc, char** argv) {
   const auto encode_text = cli::add_encode_text_command(app);
   const auto autoencoder = cli::add_autoencoder_command(app);
   const auto model_info = cli::add_model_info_command(app);
+  const auto ema_reconstruct = cli::add_ema_reconstruct_command(app);
   const auto encode_images = cli::add_encode_images_command(app);
 
   auto* train = app.add_subcommand("train", "train a model (one process per rank under mpirun/srun)");
@@ -409,6 +412,14 @@ int main(int argc, char** argv) {
   add_push_options(*sweep, sweep_push);
   sweep->add_option("--reference-limit", sweep_options.reference_limit, "reference images used (0: all)");
 
+  auto* curves = eval_cmd->add_subcommand("curves", "FID against images seen of training runs (their eval.every points), "
+                                                     "compared with the first run's final FID");
+  std::vector<std::string> curve_runs;
+  std::string curves_out, curves_title = "FID vs images seen";
+  curves->add_option("--run", curve_runs, "LABEL=RUN_DIR (repeat; the first is the baseline)")->required();
+  curves->add_option("--out", curves_out, "output directory (fid_vs_images.csv, .png, .md)")->required();
+  curves->add_option("--title", curves_title, "plot title");
+
   auto* features = app.add_subcommand(
       "features", "train the built-in FID feature network for the synthetic shapes, or (--data) for a labelled shard set");
   eval::FeatureNetOptions feature_options;
@@ -454,6 +465,7 @@ int main(int argc, char** argv) {
     if (*encode_text->app) return cli::run_encode_text_command(argc, argv, *encode_text);
     if (*autoencoder->app) return cli::run_autoencoder_command(argc, argv, *autoencoder);
     if (*model_info->app) return cli::run_model_info_command(*model_info);
+    if (*ema_reconstruct->app) return cli::run_ema_reconstruct_command(*ema_reconstruct);
     if (*encode_images->app) return cli::run_encode_images_command(argc, argv, *encode_images);
     if (*train) return run_train(argc, argv, config_path, overrides);
     if (*sample) {
@@ -508,6 +520,17 @@ int main(int argc, char** argv) {
         sweep_options.prompts.insert(sweep_options.prompts.end(), p.begin(), p.end());
       }
       return run_sweep_command(argc, argv, sweep_options, sweep_timeout, sweep_push);
+    }
+    if (*curves) {
+      std::vector<eval::FidCurve> read;
+      for (const auto& run : curve_runs) {
+        const auto eq = run.find('=');
+        if (eq == std::string::npos || eq == 0 || eq + 1 == run.size())
+          throw std::invalid_argument("--run " + run + ": expected LABEL=RUN_DIR");
+        read.push_back(eval::read_fid_curve(run.substr(eq + 1), run.substr(0, eq)));
+      }
+      std::printf("%s", eval::write_fid_curves(read, curves_out, curves_title).c_str());
+      return 0;
     }
     if (*features && !domain_options.data_dir.empty()) {
       domain_options.labels = eval::parse_label_source(label_word);

@@ -411,6 +411,113 @@ class TrainingObjectives(Workdir):
         self.assertTrue(list((self.dir / "x0-samples").glob("*.png")), r.stdout)
 
 
+class PostHocEma(Workdir):
+    """EDM2's power-function EMA profiles (train.ema_profiles) and `ema-reconstruct`, checked against an
+    independent implementation here: the profiles are the power EMA (eq. 4) of the weights of every
+    step, a resumed run ends with the same profiles and snapshots bit for bit, and the reconstruction
+    is the least-squares combination (EDM2 app. C) computed with numpy."""
+    profiles = ("train.ema_profiles=[0.05,0.15]", "train.ema_snapshot_every=2", "train.warmup_steps=0")
+
+    def train(self, run_dir, *extra):
+        r = run(self.train_args(*self.profiles, "train.max_steps=6", "checkpoint.every=1", "checkpoint.keep=1000",
+                                *extra, run_dir=run_dir))
+        self.assertEqual(r.returncode, 0, r.stdout[-2000:] + r.stderr[-2000:])
+
+    @staticmethod
+    def params(path):
+        import torch
+        return {k: v.detach().double().clone() for k, v in torch.jit.load(str(path)).named_parameters()}
+
+    def checkpoint(self, run_dir, step):
+        return self.dir / run_dir / "checkpoints" / f"step-{step:09d}"
+
+    def test_profiles_resume_and_reconstruction(self):
+        import numpy as np
+        self.train("run")
+        # The profiles: theta_hat(t) = beta_t theta_hat(t-1) + (1 - beta_t) theta(t), beta_t = (1 - 1/t)^(gamma+1).
+        gammas = [max(np.roots([1, 7, 16 - s ** -2, 12 - s ** -2]).real) for s in (0.05, 0.15)]
+        for k, g in enumerate(gammas):
+            average = None
+            for t in range(1, 7):
+                theta = self.params(self.checkpoint("run", t) / "model.pt")
+                beta = (1 - 1 / t) ** (g + 1)
+                average = theta if average is None else {n: beta * average[n] + (1 - beta) * theta[n] for n in theta}
+            stored = self.params(self.checkpoint("run", 6) / f"ema-profile-{k}.pt")
+            worst = max((stored[n] - average[n]).abs().max().item() for n in stored)
+            self.assertLess(worst, 1e-6, f"profile {k} (gamma {g:.3f}) vs numpy's power EMA")
+        snapshots = sorted(p.name for p in (self.dir / "run" / "ema-snapshots").iterdir())
+        self.assertEqual(snapshots, ["step-000000002", "step-000000004", "step-000000006"])
+        info = json.loads((self.dir / "run" / "ema-snapshots" / "step-000000004" / "profiles.json").read_text())
+        self.assertEqual(info["sigma_rel"], [0.05, 0.15])
+        r = run(["checkpoint-info", str(self.checkpoint("run", 6))])
+        self.assertIn("ema-profile-1.pt ok", r.stdout)
+
+        # Resumed from step 3: profiles and snapshots after it are the same bits.
+        shutil.copytree(self.dir / "run", self.dir / "resumed")
+        for step in (4, 5, 6):
+            shutil.rmtree(self.checkpoint("resumed", step))
+        for step in (4, 6):
+            shutil.rmtree(self.dir / "resumed" / "ema-snapshots" / f"step-{step:09d}")
+        self.train("resumed")
+        for k in range(2):
+            a = self.params(self.checkpoint("run", 6) / f"ema-profile-{k}.pt")
+            b = self.params(self.checkpoint("resumed", 6) / f"ema-profile-{k}.pt")
+            self.assertTrue(all(torch_equal(a[n], b[n]) for n in a), k)
+            a = self.params(self.dir / "run" / "ema-snapshots" / "step-000000004" / f"profile-{k}.pt")
+            b = self.params(self.dir / "resumed" / "ema-snapshots" / "step-000000004" / f"profile-{k}.pt")
+            self.assertTrue(all(torch_equal(a[n], b[n]) for n in a), k)
+        # The widths are part of what the run is: a resume with others is refused.
+        r = run(self.train_args("train.ema_profiles=[0.05,0.1]", "train.max_steps=8", run_dir="resumed"))
+        self.assert_clean_error(r, "train.ema_profiles")
+
+        # Reconstruction at step 6 from the snapshots at 2 and 4 and the checkpoint's profiles, by numpy.
+        def dot(ta, ga, tb, gb):
+            low, high = min(ta, tb), max(ta, tb)
+            return (ga + 1) * (gb + 1) * low ** (ga + gb + 1) / ((ga + gb + 1) * ta ** (ga + 1) * tb ** (gb + 1))
+        sources = []
+        for step in (2, 4):
+            for k, g in enumerate(gammas):
+                sources.append((step, g, self.dir / "run" / "ema-snapshots" / f"step-{step:09d}" / f"profile-{k}.pt"))
+        for k, g in enumerate(gammas):
+            sources.append((6, g, self.checkpoint("run", 6) / f"ema-profile-{k}.pt"))
+        for sigma in (0.1, 0.05):
+            out = self.dir / f"rebuilt-{sigma}"
+            r = run(["ema-reconstruct", "--checkpoint", str(self.dir / "run"), "--sigma-rel", str(sigma), "--out", str(out)])
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            self.assertIn("from 6 stored profile(s) of 2 snapshot(s)", r.stdout)
+            target = max(np.roots([1, 7, 16 - sigma ** -2, 12 - sigma ** -2]).real)
+            gram = np.array([[dot(a[0], a[1], b[0], b[1]) for b in sources] for a in sources])
+            rhs = np.array([dot(a[0], a[1], 6, target) for a in sources])
+            coefficients = np.linalg.lstsq(gram, rhs, rcond=None)[0]
+            loaded = [self.params(p) for _, _, p in sources]
+            expected = {n: sum(c * w[n] for c, w in zip(coefficients, loaded)) for n in loaded[0]}
+            rebuilt = self.params(self.checkpoint(f"rebuilt-{sigma}", 6) / "ema.pt")
+            worst = max((rebuilt[n] - expected[n]).abs().max().item() for n in rebuilt)
+            scale = max(expected[n].abs().max().item() for n in expected)
+            self.assertLess(worst, 1e-5 * max(scale, 1.0), f"sigma_rel {sigma}: vs numpy's reconstruction")
+            # The model and optimizer are the checkpoint's, and the copy verifies.
+            self.assertEqual(run(["checkpoint-info", str(out)]).returncode, 0)
+        stored = self.params(self.checkpoint("run", 6) / "ema-profile-0.pt")
+        worst = max((rebuilt[n] - stored[n]).abs().max().item() for n in stored)
+        self.assertLess(worst, 1e-4, "sigma_rel 0.05 is stored: its reconstruction is itself")
+        r = run(["sample", "--checkpoint", str(self.dir / "rebuilt-0.05"), "--out", str(self.dir / "samples"),
+                 "--prompt", "a red circle", "--steps", "3"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(list((self.dir / "samples").glob("*.png")))
+
+        # Bad input: a width outside (0, 0.2887), a run without profiles.
+        r = run(["ema-reconstruct", "--checkpoint", str(self.dir / "run"), "--sigma-rel", "0.5", "--out", str(self.dir / "x")])
+        self.assert_clean_error(r, "sigma_rel = 0.5")
+        r = run(self.train_args("train.max_steps=2", "checkpoint.every=2", run_dir="plain"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = run(["ema-reconstruct", "--checkpoint", str(self.dir / "plain"), "--sigma-rel", "0.05", "--out", str(self.dir / "y")])
+        self.assert_clean_error(r, "without train.ema_profiles")
+        self.assert_clean_error(run(self.train_args("train.ema_profiles=[0.05,0.05]", run_dir="bad")),
+                                "train.ema_profiles", "distinct")
+        self.assert_clean_error(run(self.train_args("train.ema_profiles=[0.3]", run_dir="bad")),
+                                "train.ema_profiles", "(0, 0.2887)")
+
+
 def rank_pids(mpirun_pid, ranks, deadline=60):
     """The pids of mpirun's rank processes, by MPI rank (Open MPI puts it in each one's environment)."""
     end = time.time() + deadline

@@ -9,7 +9,8 @@ add_executable(test_core
   ${CMAKE_CURRENT_LIST_DIR}/test_fused_adamw.cpp
   ${CMAKE_CURRENT_LIST_DIR}/test_caching_cpu_allocator.cpp
   ${CMAKE_CURRENT_LIST_DIR}/test_activation_checkpoint.cpp
-  ${CMAKE_CURRENT_LIST_DIR}/test_diffusion.cpp)
+  ${CMAKE_CURRENT_LIST_DIR}/test_diffusion.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/test_power_ema.cpp)
 difftrain_use_torch_pch(test_core)
 target_link_libraries(test_core PRIVATE difftrain_trainer GTest::gtest_main)
 gtest_discover_tests(test_core DISCOVERY_TIMEOUT 60)

@@ -79,6 +79,10 @@ model::AutoencoderOptions autoencoder_options_from(const Config& config) {
 }
 
 void check_autoencoder_config(const Config& c) {
+  if (!c.train.ema_profiles.empty())
+    throw ConfigError("config key 'train.ema_profiles' has " + std::to_string(c.train.ema_profiles.size()) +
+                      " width(s): expected [] for `difftrain autoencoder train` (power-function EMA profiles are "
+                      "kept for the diffusion UNet only)");
   if (c.data.latents)
     throw ConfigError("config key 'data.latents' = true: expected false for `difftrain autoencoder train`, which "
                       "trains on the shards' images");

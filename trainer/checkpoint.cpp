@@ -117,8 +117,14 @@ struct Verified {
 
 std::string short_hash(const std::string& hex) { return hex.substr(0, 16) + "..."; }
 
-// Reads manifest.json and the files `names` of `dir`, checking each against the manifest.
-Verified read_and_verify(const fs::path& given, const std::vector<std::string>& names) {
+bool is_ema_profile_name(const std::string& name) {
+  static const std::regex pattern("^ema-profile-[0-9]{1,3}\\.pt$");
+  return std::regex_match(name, pattern);
+}
+
+// Reads manifest.json and the files `names` of `dir`, checking each against the manifest;
+// with `listed_profiles` also every ema-profile-<k>.pt the manifest lists.
+Verified read_and_verify(const fs::path& given, std::vector<std::string> names, bool listed_profiles = false) {
   const fs::path dir = without_trailing_slash(given);
   Verified v;
   v.check.dir = dir.string();
@@ -152,6 +158,10 @@ Verified read_and_verify(const fs::path& given, const std::vector<std::string>& 
                             dir.filename().string() + ")");
   else
     note(kManifestFile, "ok");
+  if (listed_profiles)
+    for (const auto& f : manifest.files)
+      if (is_ema_profile_name(f.name) && std::find(names.begin(), names.end(), f.name) == names.end())
+        names.push_back(f.name);
 
   for (const auto& name : names) {
     const auto entry = std::find_if(manifest.files.begin(), manifest.files.end(),
@@ -229,9 +239,16 @@ void load_archive(T& value, const std::string& bytes, const fs::path& path) {
 }
 
 void load_contents(const std::map<std::string, std::string>& bytes, const fs::path& dir, const CheckpointContents& c) {
+  for (size_t k = 0; k < c.ema_profiles.size(); ++k)
+    if (!bytes.count(ema_profile_file(k)))
+      throw CheckpointError("checkpoint '" + dir.string() + "' has no " + ema_profile_file(k) + ": it was written "
+                            "without train.ema_profiles, whose averages cannot be rebuilt afterwards (start a new "
+                            "run.dir, or resume without train.ema_profiles)");
   load_archive(c.model, bytes.at("model.pt"), dir / "model.pt");
   load_archive(c.ema, bytes.at("ema.pt"), dir / "ema.pt");
   load_archive(c.optimizer, bytes.at("optimizer.pt"), dir / "optimizer.pt");
+  for (size_t k = 0; k < c.ema_profiles.size(); ++k)
+    load_archive(*c.ema_profiles[k], bytes.at(ema_profile_file(k)), dir / ema_profile_file(k));
 }
 
 // ---- choosing a checkpoint -------------------------------------------------------
@@ -262,7 +279,7 @@ std::optional<Chosen> newest_verified(const std::string& run_dir, bool move_asid
   std::vector<std::pair<fs::path, std::string>> damaged;
   std::optional<Chosen> chosen;
   for (const auto& [step, dir] : candidates) {
-    auto v = read_and_verify(dir, kFiles);
+    auto v = read_and_verify(dir, kFiles, /*listed_profiles=*/true);
     if (v.check.ok()) {
       chosen = Chosen{dir, std::move(v)};
       break;
@@ -309,7 +326,11 @@ std::optional<std::string> latest_checkpoint(const std::string& run_dir) {
   return std::nullopt;
 }
 
-CheckpointCheck verify_checkpoint(const std::string& dir) { return read_and_verify(dir, kFiles).check; }
+CheckpointCheck verify_checkpoint(const std::string& dir) {
+  return read_and_verify(dir, kFiles, /*listed_profiles=*/true).check;
+}
+
+std::string ema_profile_file(size_t k) { return "ema-profile-" + std::to_string(k) + ".pt"; }
 
 std::string find_checkpoint(const std::string& path) {
   if (!fs::exists(path)) throw CheckpointError("checkpoint directory '" + path + "' does not exist");
@@ -337,39 +358,58 @@ void remove_incomplete_checkpoints(const std::string& run_dir) {
     if (entry.path().filename().string().rfind(kTempPrefix, 0) == 0) fs::remove_all(entry.path());
 }
 
+fs::path write_checkpoint_directory(const fs::path& root, int64_t step,
+                                    const std::vector<std::pair<std::string, std::string>>& files) {
+  const fs::path final_dir = root / checkpoint_name(step);
+  const fs::path temp_dir = root / (kTempPrefix + std::to_string(step));
+  try {
+    fs::create_directories(root);
+    fs::remove_all(temp_dir);
+    fs::create_directories(temp_dir);
+    CheckpointManifest manifest;
+    manifest.step = step;
+    for (const auto& [name, bytes] : files) {
+      write_file_synced((temp_dir / name).string(), bytes);
+      manifest.files.push_back({name, static_cast<int64_t>(bytes.size()), sha256_hex(bytes.data(), bytes.size())});
+    }
+    write_file_synced((temp_dir / kManifestFile).string(), manifest_to_json(manifest));
+    fsync_directory(temp_dir.string());
+    fs::remove_all(final_dir);  // a re-run of the same step replaces it
+    fs::rename(temp_dir, final_dir);
+    fsync_directory(root.string());
+  } catch (const std::exception& e) {
+    std::error_code ignored;
+    fs::remove_all(temp_dir, ignored);
+    throw CheckpointError("checkpoint at step " + std::to_string(step) + " not written: " + e.what() +
+                          " (its temporary directory was removed; the older checkpoints are as they were)");
+  }
+  return final_dir;
+}
+
+std::string serialise_module(const torch::nn::Module& module) { return serialise(module); }
+void load_module_bytes(torch::nn::Module& module, const std::string& bytes, const std::string& path) {
+  load_archive(module, bytes, path);
+}
+
+std::map<std::string, std::string> read_verified_files(const std::string& dir, const std::vector<std::string>& names) {
+  auto v = read_and_verify(dir, names);
+  if (!v.check.ok()) throw_damaged(v.check);
+  return std::move(v.bytes);
+}
+
 std::string save_checkpoint(Communicator& comm, const std::string& run_dir, const TrainingState& state,
                             const CheckpointContents& c, const std::string& config_yaml, int64_t keep) {
   const fs::path root = checkpoints_dir(run_dir);
   const fs::path final_dir = root / checkpoint_name(state.step);
-  const fs::path temp_dir = root / (kTempPrefix + std::to_string(state.step));
   if (comm.rank() == 0) {
-    try {
-      fs::create_directories(root);
-      fs::remove_all(temp_dir);
-      fs::create_directories(temp_dir);
-      const std::vector<std::pair<std::string, std::string>> files = {
-          {"model.pt", serialise(c.model)},
-          {"ema.pt", serialise(c.ema)},
-          {"optimizer.pt", serialise(c.optimizer)},
-          {kConfigFile, config_yaml},
-          {kStateFile, state_to_json(state).dump(2) + "\n"}};
-      CheckpointManifest manifest;
-      manifest.step = state.step;
-      for (const auto& [name, bytes] : files) {
-        write_file_synced((temp_dir / name).string(), bytes);
-        manifest.files.push_back({name, static_cast<int64_t>(bytes.size()), sha256_hex(bytes.data(), bytes.size())});
-      }
-      write_file_synced((temp_dir / kManifestFile).string(), manifest_to_json(manifest));
-      fsync_directory(temp_dir.string());
-      fs::remove_all(final_dir);  // a re-run of the same step replaces it
-      fs::rename(temp_dir, final_dir);
-      fsync_directory(root.string());
-    } catch (const std::exception& e) {
-      std::error_code ignored;
-      fs::remove_all(temp_dir, ignored);
-      throw CheckpointError("checkpoint at step " + std::to_string(state.step) + " not written: " + e.what() +
-                            " (its temporary directory was removed; the older checkpoints are as they were)");
-    }
+    std::vector<std::pair<std::string, std::string>> files = {
+        {"model.pt", serialise(c.model)},
+        {"ema.pt", serialise(c.ema)},
+        {"optimizer.pt", serialise(c.optimizer)}};
+    for (size_t k = 0; k < c.ema_profiles.size(); ++k) files.emplace_back(ema_profile_file(k), serialise(*c.ema_profiles[k]));
+    files.emplace_back(kConfigFile, config_yaml);
+    files.emplace_back(kStateFile, state_to_json(state).dump(2) + "\n");
+    write_checkpoint_directory(root, state.step, files);
     // Only complete checkpoints count; damaged ones moved aside (corrupt-*) and
     // directories without a manifest are never deleted here.
     std::vector<fs::path> complete;
@@ -380,6 +420,18 @@ std::string save_checkpoint(Communicator& comm, const std::string& run_dir, cons
   }
   comm.barrier("checkpoint written");
   return final_dir.string();
+}
+
+std::string write_checkpoint_with_ema(const std::string& source_dir, const std::string& out_run_dir,
+                                      const torch::nn::Module& ema) {
+  auto v = read_and_verify(source_dir, kFiles, /*listed_profiles=*/true);
+  if (!v.check.ok()) throw_damaged(v.check);
+  std::vector<std::pair<std::string, std::string>> files;
+  for (const auto& check : v.check.files) {
+    if (check.name == kManifestFile) continue;
+    files.emplace_back(check.name, check.name == "ema.pt" ? serialise(ema) : v.bytes.at(check.name));
+  }
+  return write_checkpoint_directory(checkpoints_dir(out_run_dir), v.state.step, files).string();
 }
 
 std::optional<ResumePoint> resume_from_newest_checkpoint(Communicator& comm, const std::string& run_dir,
@@ -395,8 +447,15 @@ std::optional<ResumePoint> resume_from_newest_checkpoint(Communicator& comm, con
   }
   comm.broadcast_bytes(chosen_dir, 0, "resume: the checkpoint rank 0 chose");
   if (chosen_dir.empty()) return std::nullopt;
-  for (const char* name : {"model.pt", "ema.pt", "optimizer.pt", kStateFile})
-    comm.broadcast_bytes(bytes[name], 0, std::string("resume: ") + name + " from rank 0");
+  std::vector<std::string> names = {"model.pt", "ema.pt", "optimizer.pt", kStateFile};
+  for (size_t k = 0; k < contents.ema_profiles.size(); ++k) names.push_back(ema_profile_file(k));
+  for (const auto& name : names) {
+    // A file rank 0 does not have is sent as a flag, so every rank raises the same error.
+    std::string present = comm.rank() == 0 ? (bytes.count(name) ? "1" : "0") : "";
+    comm.broadcast_bytes(present, 0, "resume: whether the checkpoint has " + name);
+    if (present == "1") comm.broadcast_bytes(bytes[name], 0, "resume: " + name + " from rank 0");
+    else bytes.erase(name);
+  }
   ResumePoint point;
   point.dir = chosen_dir;
   try {
@@ -410,16 +469,18 @@ std::optional<ResumePoint> resume_from_newest_checkpoint(Communicator& comm, con
 }
 
 TrainingState load_checkpoint(const std::string& dir, const CheckpointContents& c) {
-  auto v = read_and_verify(dir, kFiles);
+  auto v = read_and_verify(dir, kFiles, /*listed_profiles=*/true);
   if (!v.check.ok()) throw_damaged(v.check);
   load_contents(v.bytes, dir, c);
   return v.state;
 }
 
-void load_ema_weights(const std::string& dir, torch::nn::Module& model) {
-  auto v = read_and_verify(dir, {"ema.pt"});
+void load_ema_weights(const std::string& dir, torch::nn::Module& model) { load_checkpoint_module(dir, "ema.pt", model); }
+
+void load_checkpoint_module(const std::string& dir, const std::string& name, torch::nn::Module& module) {
+  auto v = read_and_verify(dir, {name});
   if (!v.check.ok()) throw_damaged(v.check);
-  load_archive(model, v.bytes.at("ema.pt"), fs::path(dir) / "ema.pt");
+  load_archive(module, v.bytes.at(name), fs::path(dir) / name);
 }
 
 TrainingState read_training_state(const std::string& dir) {

@@ -1,5 +1,6 @@
 // Checkpoints: <run.dir>/checkpoints/step-000001000/ (docs/CHECKPOINTS.md)
 //   model.pt, ema.pt, optimizer.pt   (LibTorch archives; the weights are identical on every rank)
+//   ema-profile-<k>.pt               (with train.ema_profiles: the k-th power-function EMA, trainer/power_ema.h)
 //   config.yaml                      (the resolved configuration)
 //   state.json                       (step, images seen, data position, loss scale, world size)
 //   manifest.json                    (size and SHA-256 of each file above; trainer/checkpoint_manifest.h)
@@ -22,6 +23,8 @@
 #include <torch/nn/module.h>
 #include <torch/optim/optimizer.h>
 
+#include <filesystem>
+#include <map>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -82,7 +85,13 @@ struct CheckpointContents {
   torch::nn::Module& model;
   torch::nn::Module& ema;
   torch::optim::Optimizer& optimizer;
+  // train.ema_profiles' averages, saved as ema-profile-<k>.pt; a checkpoint without them cannot
+  // be resumed by a run that has them (the averages cannot be rebuilt).
+  std::vector<torch::nn::Module*> ema_profiles = {};
 };
+
+// "ema-profile-<k>.pt"
+std::string ema_profile_file(size_t k);
 
 // Collective: every rank calls it. Rank 0 writes; keeps the newest `keep`
 // complete checkpoints (directories moved aside as corrupt-* are never counted
@@ -110,9 +119,29 @@ TrainingState load_checkpoint(const std::string& dir, const CheckpointContents& 
 
 // Only the EMA weights (verified against the manifest), for sampling and export.
 void load_ema_weights(const std::string& dir, torch::nn::Module& model);
+// One module archive of the checkpoint (ema.pt, ema-profile-<k>.pt, ...), verified against the manifest.
+void load_checkpoint_module(const std::string& dir, const std::string& name, torch::nn::Module& module);
+// A copy of the verified checkpoint `source_dir` as <out_run_dir>/checkpoints/step-N, its EMA
+// replaced by `ema` (and the manifest by a new one): a checkpoint that sample, export and eval
+// sweep take like any other (ema-reconstruct). Written like save_checkpoint (temporary
+// directory, fsync, rename). Returns the new directory.
+std::string write_checkpoint_with_ema(const std::string& source_dir, const std::string& out_run_dir,
+                                      const torch::nn::Module& ema);
 // state.json, validated: CheckpointError naming the file, key and value otherwise.
 TrainingState read_training_state(const std::string& dir);
 std::string read_checkpoint_config(const std::string& dir);
+
+// The writer and reader of every manifest-verified directory (checkpoints, EMA snapshots):
+// `files` (name, bytes) written as root/step-N like a checkpoint (temporary directory, each file
+// written and fsynced, manifest.json last, rename; CheckpointError naming what failed, the
+// temporary directory removed), and the named files of such a directory read back, verified
+// against its manifest (CheckpointError naming each damaged file).
+std::filesystem::path write_checkpoint_directory(const std::filesystem::path& root, int64_t step,
+                                                 const std::vector<std::pair<std::string, std::string>>& files);
+std::map<std::string, std::string> read_verified_files(const std::string& dir, const std::vector<std::string>& names);
+// A module's LibTorch archive in memory, and back (CheckpointError naming `path` when it does not load).
+std::string serialise_module(const torch::nn::Module& module);
+void load_module_bytes(torch::nn::Module& module, const std::string& bytes, const std::string& path);
 
 // Removes leftover temporary checkpoint directories from interrupted writes.
 void remove_incomplete_checkpoints(const std::string& run_dir);

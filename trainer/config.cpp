@@ -19,6 +19,16 @@
 namespace difftrain {
 namespace {
 
+// The shortest decimal that reads back as exactly `value` (0.1 stays "0.1", not 0.10000000000000001).
+std::string exact_double(double value) {
+  char buf[40];
+  for (int digits = 15; digits <= 17; ++digits) {
+    std::snprintf(buf, sizeof buf, "%.*g", digits, value);
+    if (std::strtod(buf, nullptr) == value) break;
+  }
+  return buf;
+}
+
 // The one list of configuration keys. `v(path, field)` is called per key.
 template <class Visitor>
 void visit_config_fields(Config& c, Visitor&& v) {
@@ -79,6 +89,8 @@ void visit_config_fields(Config& c, Visitor&& v) {
   v("train.adam_beta2", c.train.adam_beta2);
   v("train.grad_clip", c.train.grad_clip);
   v("train.ema_decay", c.train.ema_decay);
+  v("train.ema_profiles", c.train.ema_profiles);
+  v("train.ema_snapshot_every", c.train.ema_snapshot_every);
   v("train.cond_dropout", c.train.cond_dropout);
   v("train.precision", c.train.precision);
   v("train.device", c.train.device);
@@ -227,6 +239,18 @@ struct FromYaml {
       const Parsed p = parse_int(item.Scalar(), &value);
       if (p == Parsed::kOutOfRange) wrong_type(where(path), path, "a list of 64-bit integers", item);
       if (p != Parsed::kOk) wrong_type(where(path), path, "a list of integers", n);
+      field.push_back(value);
+    }
+  }
+  void operator()(const std::string& path, std::vector<double>& field) const {
+    auto n = find_node(root, path);
+    if (!n.IsDefined()) return;
+    if (!n.IsSequence()) wrong_type(where(path), path, "a list of numbers", n);
+    field.clear();
+    for (const auto& item : n) {
+      double value = 0;
+      if (!item.IsScalar() || parse_double(item.Scalar(), &value) != Parsed::kOk)
+        wrong_type(where(path), path, "a list of numbers", n);
       field.push_back(value);
     }
   }
@@ -682,6 +706,22 @@ void validate_config(const Config& c) {
   require(c.train.adam_beta2 >= 0 && c.train.adam_beta2 < 1, "train.adam_beta2", c.train.adam_beta2, "in [0, 1)");
   require(c.train.grad_clip >= 0, "train.grad_clip", c.train.grad_clip, ">= 0 (0 disables clipping)");
   require(c.train.ema_decay >= 0 && c.train.ema_decay < 1, "train.ema_decay", c.train.ema_decay, "in [0, 1)");
+  {
+    const auto& widths = c.train.ema_profiles;
+    std::string text = "[";
+    for (size_t i = 0; i < widths.size(); ++i) text += (i ? ", " : "") + exact_double(widths[i]);
+    text += "]";
+    require(widths.size() <= 8, "train.ema_profiles", text, "at most 8 widths (each keeps a copy of the weights)");
+    for (size_t i = 0; i < widths.size(); ++i) {
+      require(widths[i] > 0 && widths[i] < 0.28867513459481287,  // kMaxSigmaRel, trainer/power_ema.h
+              "train.ema_profiles", text,
+              "relative widths sigma_rel in (0, 0.2887) (EDM2 keeps 0.05 and 0.10)");
+      for (size_t j = 0; j < i; ++j)
+        require(widths[i] != widths[j], "train.ema_profiles", text, "distinct widths");
+    }
+  }
+  require(c.train.ema_snapshot_every >= 0, "train.ema_snapshot_every", c.train.ema_snapshot_every,
+          ">= 0 (0: at every checkpoint)");
   require(c.train.cond_dropout >= 0 && c.train.cond_dropout < 1, "train.cond_dropout", c.train.cond_dropout,
           "in [0, 1) (at 1 every caption is dropped and the model never learns from text)");
   require(c.train.precision == "fp32" || c.train.precision == "bf16" || c.train.precision == "fp16",
@@ -741,15 +781,6 @@ void validate_config(const Config& c) {
 
 namespace {
 
-// The shortest decimal that reads back as exactly `value` (0.1 stays "0.1", not 0.10000000000000001).
-std::string exact_double(double value) {
-  char buf[40];
-  for (int digits = 15; digits <= 17; ++digits) {
-    std::snprintf(buf, sizeof buf, "%.*g", digits, value);
-    if (std::strtod(buf, nullptr) == value) break;
-  }
-  return buf;
-}
 
 // Each field's value in the form both writers need: YAML to be read back, JSON for diffs and events.
 struct Rendered {
@@ -776,6 +807,15 @@ Rendered render(const Field& field) {
     return {[field](YAML::Emitter& out) {
               out << YAML::Flow << YAML::BeginSeq;
               for (const auto& v : field) out << v;
+              out << YAML::EndSeq;
+            },
+            field};
+  } else if constexpr (std::is_same_v<Field, std::vector<double>>) {
+    std::vector<std::string> texts;
+    for (double v : field) texts.push_back(exact_double(v));
+    return {[texts](YAML::Emitter& out) {
+              out << YAML::Flow << YAML::BeginSeq;
+              for (const auto& t : texts) out << t;
               out << YAML::EndSeq;
             },
             field};

@@ -105,6 +105,11 @@ struct TrainConfig {
   double adam_beta2 = 0.999;
   double grad_clip = 1.0;  // max global L2 norm; 0 disables
   double ema_decay = 0.999;
+  // EDM2 power-function EMA profiles (trainer/power_ema.h): relative widths kept besides the EMA
+  // above, snapshotted to run.dir/ema-snapshots every ema_snapshot_every steps (0: with every
+  // checkpoint) for `difftrain ema-reconstruct`. Empty: none.
+  std::vector<double> ema_profiles;
+  int64_t ema_snapshot_every = 0;
   double cond_dropout = 0.1;  // probability a caption is replaced by the null (empty) caption
   std::string precision = "fp32";  // fp32 | bf16 | fp16
   std::string device = "cpu";      // cpu | cuda

@@ -16,12 +16,13 @@ namespace fs = std::filesystem;
 bool is_geometry_key(const std::string& key) {
   // run.seed: the data order and every sample's draws follow from it, so the data
   // position would count in another permutation. data.synthetic_count: the built-in
-  // dataset's size. model.dropout is regularisation: it adds no weight and changes none.
+  // dataset's size. train.ema_profiles: the kept averages mean their widths. model.dropout is regularisation: it adds no weight and changes none.
   // model.checkpoint_activations trades compute for memory; the network is the same.
   static const std::set<std::string> keys{"run.seed",          "data.dir",           "data.synthetic_count",
                                           "data.image_size",   "data.channels",      "data.latents",
                                           "data.latent_channels", "data.latent_size", "data.latent_scale",
-                                          "data.latent_shift", "data.latent_encoder"};
+                                          "data.latent_shift", "data.latent_encoder",
+                                          "train.ema_profiles"};
   if (keys.count(key)) return true;
   if (key == "model.dropout" || key == "model.checkpoint_activations") return false;
   // How the loss weighs and samples timesteps, and offset noise: training choices, the network means the same.

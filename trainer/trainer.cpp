@@ -26,6 +26,7 @@
 #include "trainer/data_identity.h"
 #include "distributed/communicator.h"
 #include "trainer/ema.h"
+#include "trainer/power_ema.h"
 #include "trainer/fused_adamw.h"
 #include "distributed/gradient_reducer.h"
 #include "trainer/loss_scaler.h"
@@ -127,8 +128,19 @@ void train(const Config& given_config, MpiSession& session, const TrainingHooks&
   const Precision precision = parse_precision(config.train.precision);
   DynamicLossScaler scaler(precision == Precision::kFp16);
   Ema ema(*net, *ema_net, config.train.ema_decay);
+  // EDM2's power-function EMA profiles, one network each (train.ema_profiles).
+  std::vector<model::UNet> profile_nets;
+  std::vector<torch::nn::Module*> profiles;
+  for (size_t k = 0; k < config.train.ema_profiles.size(); ++k) {
+    profile_nets.emplace_back(unet_options);
+    profile_nets.back()->to(device);
+    copy_weights(*net, *profile_nets.back());
+    profile_nets.back()->eval();
+    profiles.push_back(profile_nets.back().get());
+  }
+  PowerEma power_ema(*net, profiles, config.train.ema_profiles);
 
-  TrainingState state = resume_or_start(*comm, config, {*net, *ema_net, optimizer}, scaler,
+  TrainingState state = resume_or_start(*comm, config, {*net, *ema_net, optimizer, profiles}, scaler,
                                         [&](const std::string& dir, int64_t step) { check_resumed_config(config, dir, step); });
   // After the weights are final and in place: gradients become views into its buckets.
   GradientReducer reducer(params, *comm, static_cast<int64_t>(config.distributed.bucket_mb * 1e6),
@@ -247,7 +259,7 @@ void train(const Config& given_config, MpiSession& session, const TrainingHooks&
       hooks.validation(ema_net, step);
     return std::chrono::duration<double>(Clock::now() - start).count();
   };
-  run_training_loop(config, *comm, config_yaml, {*net, *ema_net, optimizer, reducer, scaler, ema}, loader, state,
+  run_training_loop(config, *comm, config_yaml, {*net, *ema_net, optimizer, reducer, scaler, ema, &power_ema, profiles}, loader, state,
                     metrics.get(), loop);
 }
 

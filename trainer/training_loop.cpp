@@ -15,6 +15,8 @@
 #include "monitoring/metrics.h"
 #include "monitoring/progress.h"
 #include "trainer/ema.h"
+#include "trainer/ema_snapshots.h"
+#include "trainer/power_ema.h"
 #include "trainer/loss_scaler.h"
 #include "trainer/lr_schedule.h"
 #include "trainer/nonfinite_guard.h"
@@ -54,7 +56,9 @@ void run_training_loop(const Config& config, Communicator& comm, const std::stri
   if (lead && !(injected.empty() && injected_weights.empty()))
     spdlog::warn("fault injection: non-finite loss at {} step(s), non-finite weights after {} step(s) "
                  "(DIFFTRAIN_TEST_NONFINITE_*)", injected.size(), injected_weights.size());
-  const CheckpointContents contents{model.net, model.ema_net, model.optimizer};
+  const CheckpointContents contents{model.net, model.ema_net, model.optimizer, model.ema_profiles};
+  const int64_t snapshot_every =
+      config.train.ema_snapshot_every > 0 ? config.train.ema_snapshot_every : config.checkpoint.every;
   // Divergence: restore the newest verified checkpoint (collective) or end with an error.
   const auto roll_back_or_stop = [&](StepVerdict verdict, int64_t at_step, const std::string& what) {
     if (verdict == StepVerdict::kStop)
@@ -138,6 +142,7 @@ void run_training_loop(const Config& config, Communicator& comm, const std::stri
     }
     state.step += 1;
     if (finite) model.ema.update(state.step);
+    if (finite && model.power_ema) model.power_ema->update(state.step);
     profiler.after_step(iteration);
     advance_data_position(state, last_position, global_batch, accum, loader.batches_per_epoch());
     state.loss_scale = model.scaler.scale();
@@ -225,6 +230,12 @@ void run_training_loop(const Config& config, Communicator& comm, const std::stri
       require_identical_weights(comm, model.net, "checkpoint at step " + std::to_string(state.step));
       const auto path = save_checkpoint(comm, config.run.dir, state, contents, config_yaml, config.checkpoint.keep);
       if (lead) spdlog::info("checkpoint: {}", path);
+    }
+    if (!model.ema_profiles.empty() && state.step % snapshot_every == 0 && lead) {
+      bool finite_profiles = true;
+      for (auto* profile : model.ema_profiles) finite_profiles = finite_profiles && all_finite(profile->parameters());
+      if (finite_profiles) write_ema_snapshot(config.run.dir, state.step, model.ema_profiles, config.train.ema_profiles);
+      else spdlog::warn("step {}: an EMA profile is not finite, no snapshot written", state.step);
     }
     if (stop) {
       if (lead) spdlog::info("stopping at step {} on a stop signal (SIGTERM/SIGUSR1); run the same command to resume",

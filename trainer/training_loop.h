@@ -30,6 +30,7 @@ class Communicator;
 class GradientReducer;
 class DynamicLossScaler;
 class Ema;
+class PowerEma;
 namespace monitoring {
 class TrainingMetrics;
 }
@@ -42,6 +43,10 @@ struct LoopModel {
   GradientReducer& reducer;  // built over net's parameters; gradients live in its buckets
   DynamicLossScaler& scaler;
   Ema& ema;
+  // train.ema_profiles (EDM2, trainer/power_ema.h): updated after the EMA, saved in every
+  // checkpoint, snapshotted every train.ema_snapshot_every steps (trainer/ema_snapshots.h).
+  PowerEma* power_ema = nullptr;
+  std::vector<torch::nn::Module*> ema_profiles = {};
 };
 
 // A mean the trainer logs besides the loss, e.g. the autoencoder's PSNR: sum / count over

@@ -92,6 +92,7 @@ TrainingState resume_or_start(Communicator& comm, const Config& config, const Ch
   // Identical starting weights on every rank, whatever each rank loaded or initialised.
   comm.broadcast(contents.model.parameters(), 0, "initial weights");
   comm.broadcast(contents.ema.parameters(), 0, "initial EMA weights");
+  for (auto* profile : contents.ema_profiles) comm.broadcast(profile->parameters(), 0, "initial EMA profile weights");
   return state;
 }
 

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# FID against images seen for the training objectives of issue 13 (docs/OBJECTIVES.md):
+# the latent Fashion-MNIST UNet (configs/fashion_mnist_latent.yaml, the data, autoencoder and
+# latents of launch/latent_fashion_mnist_job.sh) trained once per objective, same model, same
+# seed, same data order, same number of steps; an FID point every OBJ_EVAL_EVERY steps (N =
+# OBJ_EVAL_SAMPLES EMA samples, DDIM 25, w = 3, against the real test split with the domain
+# features) -> $work/objectives/<label>/metrics.jsonl -> `difftrain eval curves`:
+# fid_vs_images.{csv,png,md} (images each run needs to reach the baseline's final FID).
+# Usage: launch/latent_fashion_mnist_job.sh (once: data, autoencoder, latents) &&
+#        launch/objectives_fashion_mnist_job.sh [label ...]   (default: every variant below)
+# The variants differ only in per-sample scalars (timestep, weight, noise offset): a step costs
+# the same in all, so equal steps is equal compute; each run's training seconds are recorded too.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=${DIFFTRAIN_BIN:-build/cli/difftrain}
+work=${FASHION_WORK:-runs}
+steps=${OBJ_STEPS:-3600}
+every=${OBJ_EVAL_EVERY:-600}
+samples=${OBJ_EVAL_SAMPLES:-2000}
+data=$work/data/fashion-mnist
+decoder=$work/latent-vs-pixel/vae-decoder.pt
+out=$work/objectives
+for needed in "$data/train32" "$data/test32" "$data/features32.pt" "$data/test32-fid-reference.h5" "$decoder"; do
+  [[ -e $needed ]] || { echo "missing $needed: run launch/latent_fashion_mnist_job.sh first" >&2; exit 1; }
+done
+mkdir -p "$out"
+
+declare -A variants=(
+  [baseline]=""
+  [min-snr]="diffusion.loss_weighting=min_snr"
+  [v]="diffusion.prediction=v"
+  [v-min-snr]="diffusion.prediction=v diffusion.loss_weighting=min_snr"
+  [x0-min-snr]="diffusion.prediction=x0 diffusion.loss_weighting=min_snr"
+  [lognormal]="diffusion.timestep_sampling=lognormal"
+  [offset-noise]="diffusion.offset_noise=0.1"
+  [v-min-snr-lognormal]="diffusion.prediction=v diffusion.loss_weighting=min_snr diffusion.timestep_sampling=lognormal"
+)
+order=(baseline min-snr v v-min-snr x0-min-snr lognormal offset-noise v-min-snr-lognormal)
+[[ $# -gt 0 ]] && order=("$@")
+
+seconds() { /usr/bin/python3 -c 'import time; print(f"{time.time():.3f}")'; }
+for label in "${order[@]}"; do
+  [[ -v "variants[$label]" ]] || { echo "unknown variant $label (known: ${!variants[*]})" >&2; exit 1; }
+  [[ -e $out/$label/done ]] && { echo "== $label: done before, kept"; continue; }
+  echo "== $label: ${variants[$label]:-(the config as it is)}"
+  rm -rf "${out:?}/$label"
+  t=$(seconds)
+  # shellcheck disable=SC2086  # the variant's overrides are words
+  launch/mpirun.sh -np 2 "$bin" train --config configs/fashion_mnist_latent.yaml "run.dir=$out/$label" \
+    monitoring.enabled=false "data.dir=$data/train32" train.batch_size=16 "train.max_steps=$steps" \
+    checkpoint.every=100000 "eval.every=$every" "eval.samples=$samples" eval.batch_size=100 \
+    "eval.extractor=$data/features32.pt" "eval.reference=$data/test32-fid-reference.h5" \
+    "eval.captions=$data/test32" "eval.vae_decoder=$decoder" "eval.prompts=[]" eval.prompts_every=0 \
+    ${variants[$label]} > "$out/$label.log" 2>&1
+  echo "$label $(/usr/bin/python3 -c "print(round($(seconds) - $t, 1))")" >> "$out/seconds.txt"
+  touch "$out/$label/done"
+  grep "FID" "$out/$label.log" | tail -1
+done
+
+runs=()
+for label in baseline "${order[@]}"; do
+  [[ -e $out/$label/done ]] && [[ ! " ${runs[*]} " == *" $label="* ]] && runs+=(--run "$label=$out/$label")
+done
+"$bin" eval curves "${runs[@]}" --out "$out" \
+  --title "Fashion-MNIST latent UNet: FID (N=$samples, DDIM 25, w=3) vs images seen"
