@@ -93,8 +93,9 @@ void validate(const SamplerSpec& spec, const NoiseSchedule& schedule) {
     reject("steps", std::to_string(spec.steps), "expected 1.." + std::to_string(schedule.timesteps));
 }
 
-std::vector<int64_t> sampler_timesteps(const SamplerSpec& spec, const NoiseSchedule& schedule) {
-  validate(spec, schedule);
+std::vector<int64_t> sampler_timesteps(const SamplerSpec& spec, const NoiseSchedule& given) {
+  validate(spec, given);
+  const NoiseSchedule schedule = with_finite_terminal_snr(given);  // logsnr and karras spacings read lambda_{T-1}
   if (spec.name == "ddpm") {
     std::vector<int64_t> all(schedule.timesteps);
     for (int64_t i = 0; i < schedule.timesteps; ++i) all[i] = schedule.timesteps - 1 - i;
@@ -103,7 +104,8 @@ std::vector<int64_t> sampler_timesteps(const SamplerSpec& spec, const NoiseSched
   return sampling_timesteps(schedule, spec.steps, spacing_of(spec));
 }
 
-int64_t sampler_nfe(const SamplerSpec& spec, const NoiseSchedule& schedule) {
+int64_t sampler_nfe(const SamplerSpec& spec, const NoiseSchedule& given) {
+  const NoiseSchedule schedule = with_finite_terminal_snr(given);
   const auto ts = sampler_timesteps(spec, schedule);
   const auto n = static_cast<int64_t>(ts.size());
   if (spec.name == "heun") return 2 * n - 1;
@@ -118,7 +120,10 @@ int64_t sampler_nfe(const SamplerSpec& spec, const NoiseSchedule& schedule) {
 }
 
 torch::Tensor run_sampler(const SamplerSpec& spec, const EpsModel& model, torch::Tensor x_T,
-                          const NoiseSchedule& schedule, PerImageNoise& noise, const SamplerCallback& callback) {
+                          const NoiseSchedule& given, PerImageNoise& noise, const SamplerCallback& callback) {
+  // A zero-terminal-SNR schedule (alpha_bar_{T-1} = 0) is sampled with a tiny finite alpha_bar_{T-1}:
+  // every sampler divides by sqrt(alpha_bar) or takes lambda = log(alpha / sigma) (diffusion/schedule.h).
+  const NoiseSchedule schedule = with_finite_terminal_snr(given);
   const auto ts = sampler_timesteps(spec, schedule);  // validates
   const auto& n = spec.name;
   if (n == "ddpm") return ddpm_sample(model, std::move(x_T), schedule, spec.variance, noise, spec.clip_x0, callback);

@@ -53,10 +53,31 @@ NoiseSchedule cosine_schedule(int64_t timesteps) {
   return sched;
 }
 
-NoiseSchedule make_schedule(const std::string& name, int64_t timesteps) {
-  if (name == "linear") return linear_schedule(timesteps);
-  if (name == "cosine") return cosine_schedule(timesteps);
-  throw std::invalid_argument("unknown noise schedule '" + name + "' (expected linear or cosine)");
+NoiseSchedule make_schedule(const std::string& name, int64_t timesteps, bool zero_terminal_snr) {
+  NoiseSchedule s;
+  if (name == "linear") s = linear_schedule(timesteps);
+  else if (name == "cosine") s = cosine_schedule(timesteps);
+  else throw std::invalid_argument("unknown noise schedule '" + name + "' (expected linear or cosine)");
+  return zero_terminal_snr ? rescale_zero_terminal_snr(s) : s;
+}
+
+NoiseSchedule rescale_zero_terminal_snr(const NoiseSchedule& schedule) {
+  // Lin et al. 2023, Algorithm 1: shift sqrt(alpha_bar) so the last is 0, scale so the first is kept.
+  auto root = schedule.alphas_cumprod.sqrt();
+  const double first = root[0].item<double>(), last = root[-1].item<double>();
+  root = (root - last) * (first / (first - last));
+  auto alphas_cumprod = root.pow(2);
+  alphas_cumprod[-1] = 0.0;  // exactly, whatever the rounding of the line above
+  return schedule_from_alphas_cumprod(alphas_cumprod);
+}
+
+NoiseSchedule with_finite_terminal_snr(const NoiseSchedule& schedule) {
+  const double last = schedule.alphas_cumprod[-1].item<double>();
+  if (last > 0) return schedule;
+  const double before = schedule.timesteps > 1 ? schedule.alphas_cumprod[-2].item<double>() : 1.0;
+  auto alphas_cumprod = schedule.alphas_cumprod.clone();
+  alphas_cumprod[-1] = std::min(kTerminalSamplingAlphaBar, before / 4);
+  return schedule_from_alphas_cumprod(alphas_cumprod);
 }
 
 torch::Tensor gather_coefficient(const torch::Tensor& table, const torch::Tensor& t, const torch::Tensor& like) {

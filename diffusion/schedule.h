@@ -26,7 +26,22 @@ struct NoiseSchedule {
 NoiseSchedule linear_schedule(int64_t timesteps);
 // Nichol & Dhariwal 2021, eq. 17: alpha_bar(t) = cos^2(((t/T + s) / (1 + s)) * pi/2), s = 0.008, beta <= 0.999.
 NoiseSchedule cosine_schedule(int64_t timesteps);
-NoiseSchedule make_schedule(const std::string& name, int64_t timesteps);
+// With zero_terminal_snr: rescale_zero_terminal_snr of the named schedule.
+NoiseSchedule make_schedule(const std::string& name, int64_t timesteps, bool zero_terminal_snr = false);
+
+// Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are Flawed" (arXiv 2305.08891),
+// Algorithm 1: sqrt(alpha_bar) shifted and scaled linearly so that sqrt(alpha_bar_0) is kept and
+// alpha_bar_{T-1} = 0 exactly (beta_{T-1} = 1): the last training step is pure noise, as sampling's
+// start is. x0 is then not recoverable from eps at t = T-1, so the network predicts v or x0.
+NoiseSchedule rescale_zero_terminal_snr(const NoiseSchedule& schedule);
+
+// What sampling uses for a schedule whose alpha_bar_{T-1} is 0: the same schedule with alpha_bar_{T-1} =
+// min(kTerminalSamplingAlphaBar, alpha_bar_{T-2} / 4), so that every sampler's 1/sqrt(alpha_bar), DPM-Solver's
+// lambda_{T-1} = log(alpha/sigma) and the Karras/EDM sigma_max stay finite (diffusers does the same, 2^-24).
+// A v-prediction's output converted to eps with it keeps x0-hat = sqrt(a) x - sqrt(1-a) v to float rounding.
+// Any other schedule is returned as it is.
+constexpr double kTerminalSamplingAlphaBar = 5.9604644775390625e-08;  // 2^-24
+NoiseSchedule with_finite_terminal_snr(const NoiseSchedule& schedule);
 NoiseSchedule schedule_from_alphas_cumprod(const torch::Tensor& alphas_cumprod);
 
 // Forward process q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I)  (Ho et al. 2020, eq. 4).

@@ -75,7 +75,9 @@ DenoiserSource denoiser_from_model(model::UNet net, const Config& config, const 
     };
   }
   s.prediction = diffusion::parse_prediction(config.diffusion.prediction);
-  s.schedule = diffusion::make_schedule(config.diffusion.schedule, config.diffusion.timesteps);
+  // Sampling reads a zero-terminal-SNR schedule with a tiny finite alpha_bar_{T-1} (diffusion/schedule.h).
+  s.schedule = diffusion::with_finite_terminal_snr(
+      diffusion::make_schedule(config.diffusion.schedule, config.diffusion.timesteps, config.diffusion.zero_terminal_snr));
   s.image_size = model_input_size(config);
   s.channels = model_input_channels(config);
   s.max_tokens = config.model.max_tokens;
@@ -150,7 +152,9 @@ torch::Tensor checked_alphas_cumprod(const std::string& path, const torch::jit::
   };
   for (int64_t i = 0; i < values.size(0); ++i) {
     if (!std::isfinite(v[i])) bad_model(path, "'alphas_cumprod' has the non-finite " + at(i));
-    if (!(v[i] > 0 && v[i] < 1)) bad_model(path, "'alphas_cumprod' has the " + at(i) + ", expected every value in (0, 1)");
+    if (!(v[i] > 0 && v[i] < 1))
+      bad_model(path, "'alphas_cumprod' has the " + at(i) + ", expected every value in (0, 1) (a zero-terminal-SNR "
+                      "schedule is exported with a tiny last value, as difftrain export does)");
     if (i > 0 && !(v[i] < v[i - 1]))
       bad_model(path, "'alphas_cumprod' is not strictly decreasing: " + at(i) + " after " + at(i - 1));
   }
@@ -297,7 +301,10 @@ void export_denoiser(const std::string& path, const std::string& out) {
 }
 
 void export_denoiser(model::UNet net, const Config& config, const std::string& out) {
-  const auto schedule = diffusion::make_schedule(config.diffusion.schedule, config.diffusion.timesteps);
+  // A zero-terminal-SNR model is exported with the schedule sampling uses (alpha_bar_{T-1} tiny, not 0): its eps
+  // output then still carries x0-hat at t = T-1, and the file's alphas_cumprod is what every sampler can read.
+  const auto schedule = diffusion::with_finite_terminal_snr(
+      diffusion::make_schedule(config.diffusion.schedule, config.diffusion.timesteps, config.diffusion.zero_terminal_snr));
   const auto prediction = diffusion::parse_prediction(config.diffusion.prediction);
   // Tensors the traced forward reads must be the very ones registered as buffers.
   auto alphas_cumprod = schedule.alphas_cumprod.clone();

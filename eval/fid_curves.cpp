@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -92,15 +93,19 @@ std::string write_fid_curves(const std::vector<FidCurve>& curves, const std::str
   plot.log_x = false;
   write_png((fs::path(out_dir) / "fid_vs_images.png").string(), plot_lines(series, plot));
 
+  // The baseline may dip below its final FID before it ends: the fraction is against the images the
+  // baseline itself first needed to get there, the stricter comparison.
   const auto& base = curves.front();
   const double target = base.fid.back();
-  const double base_images = static_cast<double>(base.images_seen.back());
+  const double base_images = *images_to_reach(base, target);
   std::ostringstream table;
-  table << "| run | final FID | images seen | images to reach " << base.label << "'s final FID "
-        << format("%.2f", target) << " | fraction of " << base.label << "'s |\n|---|---|---|---|---|\n";
+  table << "| run | final FID | best FID | images seen | images to reach " << base.label << "'s final FID "
+        << format("%.2f", target) << " | fraction of " << base.label << "'s " << format("%.0f", base_images)
+        << " |\n|---|---|---|---|---|---|\n";
   for (const auto& c : curves) {
     const auto reach = images_to_reach(c, target);
-    table << "| " << c.label << " | " << format("%.2f", c.fid.back()) << " | " << c.images_seen.back() << " | "
+    table << "| " << c.label << " | " << format("%.2f", c.fid.back()) << " | "
+          << format("%.2f", *std::min_element(c.fid.begin(), c.fid.end())) << " | " << c.images_seen.back() << " | "
           << (reach ? format("%.0f", *reach) : std::string("not reached")) << " | "
           << (reach ? format("%.2f", *reach / base_images) : std::string("-")) << " |\n";
   }

@@ -29,8 +29,9 @@ FidCurve read_fid_curve(const std::string& run_dir, const std::string& label);
 std::optional<double> images_to_reach(const FidCurve& curve, double target);
 
 // Writes out_dir/fid_vs_images.csv (label,step,images_seen,fid), fid_vs_images.png
-// and fid_vs_images.md (a table: final FID, images to reach the first curve's final
-// FID, and that as a fraction of the first curve's images). Returns the table.
+// and fid_vs_images.md (a table: final and best FID, images to reach the first curve's
+// final FID, and that as a fraction of the images the first curve itself first needed
+// to reach it). Returns the table.
 std::string write_fid_curves(const std::vector<FidCurve>& curves, const std::string& out_dir,
                              const std::string& title);
 

@@ -34,8 +34,12 @@ declare -A variants=(
   [lognormal]="diffusion.timestep_sampling=lognormal"
   [offset-noise]="diffusion.offset_noise=0.1"
   [v-min-snr-lognormal]="diffusion.prediction=v diffusion.loss_weighting=min_snr diffusion.timestep_sampling=lognormal"
+  [v-zero-snr]="diffusion.prediction=v diffusion.zero_terminal_snr=true"
+  [v-min-snr-zero-snr]="diffusion.prediction=v diffusion.loss_weighting=min_snr diffusion.zero_terminal_snr=true"
+  # The same training as v-min-snr, with EDM2's two EMA profiles kept and snapshotted for ema-reconstruct.
+  [v-min-snr-profiles]="diffusion.prediction=v diffusion.loss_weighting=min_snr train.ema_profiles=[0.05,0.1] train.ema_snapshot_every=300"
 )
-order=(baseline min-snr v v-min-snr x0-min-snr lognormal offset-noise v-min-snr-lognormal)
+order=(baseline min-snr v v-min-snr x0-min-snr lognormal offset-noise v-min-snr-lognormal v-zero-snr v-min-snr-zero-snr)
 [[ $# -gt 0 ]] && order=("$@")
 
 seconds() { /usr/bin/python3 -c 'import time; print(f"{time.time():.3f}")'; }

@@ -411,6 +411,33 @@ class TrainingObjectives(Workdir):
         self.assertTrue(list((self.dir / "x0-samples").glob("*.png")), r.stdout)
 
 
+class ZeroTerminalSnr(Workdir):
+    """diffusion.zero_terminal_snr (Lin et al. 2023): trains with v, samples with every sampler family from
+    pure noise, exports a denoiser whose alphas_cumprod is finite; eps prediction is refused."""
+
+    def test_trains_samples_and_exports(self):
+        args = self.train_args("diffusion.zero_terminal_snr=true", "diffusion.prediction=v", "train.max_steps=4",
+                               "checkpoint.every=4", run_dir="z")
+        r = run(args)
+        self.assertEqual(r.returncode, 0, r.stderr[-2000:])
+        for sampler in ("ddim", "ddpm-respaced", "dpm-solver++2m", "dpm-solver-2", "heun"):
+            out = self.dir / f"samples-{sampler}"
+            r = run(["sample", "--checkpoint", str(self.dir / "z"), "--out", str(out), "--prompt", "a red circle",
+                     "--sampler", sampler, "--steps", "4", "--guidance", "3"])
+            self.assertEqual(r.returncode, 0, sampler + ": " + r.stderr)
+            self.assertTrue(list(out.glob("*.png")), sampler)
+        r = run(["export", "--checkpoint", str(self.dir / "z"), "--out", str(self.dir / "z.pt")])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        import torch
+        a = torch.jit.load(str(self.dir / "z.pt")).alphas_cumprod
+        self.assertTrue(0 < a[-1].item() <= 2 ** -24 and bool((a[1:] < a[:-1]).all()), a[-3:])
+        r = run(["sample", "--model", str(self.dir / "z.pt"), "--out", str(self.dir / "from-file"), "--prompt",
+                 "a red circle", "--steps", "4"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assert_clean_error(run(self.train_args("diffusion.zero_terminal_snr=true", run_dir="e")),
+                                "diffusion.prediction", "zero_terminal_snr")
+
+
 class PostHocEma(Workdir):
     """EDM2's power-function EMA profiles (train.ema_profiles) and `ema-reconstruct`, checked against an
     independent implementation here: the profiles are the power EMA (eq. 4) of the weights of every

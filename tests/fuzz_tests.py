@@ -109,7 +109,7 @@ class Configs(Fuzz):
             "model.attention_resolutions", "model.attention_heads", "model.norm_groups", "model.dropout",
             "model.checkpoint_activations",
             "model.text_width", "model.text_layers", "model.text_heads", "model.max_tokens", "diffusion.timesteps",
-            "diffusion.schedule", "diffusion.prediction", "diffusion.loss_weighting", "diffusion.min_snr_gamma",
+            "diffusion.schedule", "diffusion.zero_terminal_snr", "diffusion.prediction", "diffusion.loss_weighting", "diffusion.min_snr_gamma",
             "diffusion.timestep_sampling", "diffusion.lognormal_std", "diffusion.offset_noise",
             "train.batch_size", "train.grad_accum_steps",
             "train.max_steps", "train.lr", "train.warmup_steps", "train.min_lr_ratio", "train.weight_decay",

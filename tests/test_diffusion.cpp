@@ -55,6 +55,33 @@ TEST(Schedule, CosineMatchesNicholDhariwalEq17) {
   EXPECT_LE(s.betas.max().item<double>(), 0.999);
 }
 
+// Lin et al. 2023, Algorithm 1: sqrt(alpha_bar) is an affine function of the original's, with the first value kept
+// and the last 0; beta_{T-1} = 1, every other beta in (0, 1). Sampling reads alpha_bar_{T-1} = min(2^-24, a_{T-2}/4).
+TEST(Schedule, ZeroTerminalSnrIsLinEtAlAlgorithm1) {
+  for (const char* name : {"linear", "cosine"}) {
+    const auto base = dd::make_schedule(name, 1000);
+    const auto z = dd::make_schedule(name, 1000, /*zero_terminal_snr=*/true);
+    EXPECT_EQ(z.alpha_bar(999), 0.0);
+    EXPECT_NEAR(z.alpha_bar(0), base.alpha_bar(0), 1e-15);
+    const double r0 = std::sqrt(base.alpha_bar(0)), r1 = std::sqrt(base.alpha_bar(999));
+    for (int64_t t : {1, 10, 300, 700, 998}) {
+      const double affine = (std::sqrt(base.alpha_bar(t)) - r1) * r0 / (r0 - r1);
+      EXPECT_NEAR(std::sqrt(z.alpha_bar(t)), affine, 1e-12) << name << " t " << t;
+      EXPECT_LT(z.alpha_bar(t), base.alpha_bar(t)) << name << " t " << t;
+    }
+    EXPECT_DOUBLE_EQ(z.betas[999].item<double>(), 1.0);
+    EXPECT_TRUE((z.betas.slice(0, 0, 999) > 0).all().item<bool>());
+    EXPECT_TRUE((z.betas.slice(0, 0, 999) < 1).all().item<bool>());
+    // Training's forward process at T-1 is pure noise.
+    const auto x0 = torch::randn({2, 1, 2, 2}), noise = torch::randn({2, 1, 2, 2});
+    EXPECT_TRUE(dd::q_sample(z, x0, torch::tensor({999, 999}), noise).equal(noise));
+    const auto s = dd::with_finite_terminal_snr(z);
+    EXPECT_EQ(s.alpha_bar(999), std::min(dd::kTerminalSamplingAlphaBar, z.alpha_bar(998) / 4));
+    EXPECT_TRUE(s.alphas_cumprod.slice(0, 0, 999).equal(z.alphas_cumprod.slice(0, 0, 999)));
+    EXPECT_TRUE(dd::with_finite_terminal_snr(base).alphas_cumprod.equal(base.alphas_cumprod));  // untouched
+  }
+}
+
 TEST(Schedule, RoundTripsThroughAlphasCumprod) {
   auto s = dd::cosine_schedule(100);
   auto r = dd::schedule_from_alphas_cumprod(s.alphas_cumprod);

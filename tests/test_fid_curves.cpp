@@ -82,17 +82,20 @@ TEST(FidCurves, ImagesToReachInterpolatesTheCrossing) {
 
 TEST(FidCurves, WritesCsvPlotAndTheTableAgainstTheFirstRun) {
   const auto dir = fresh_test_dir();
-  const std::vector<de::FidCurve> curves = {{"base", {10, 20}, {320, 640}, {50, 40}},
+  // The baseline first reaches its final FID 40 at 480 images (between 38 and 45): fractions are of that.
+  const std::vector<de::FidCurve> curves = {{"base", {10, 15, 20}, {320, 480, 640}, {50, 40, 40}},
                                             {"better", {10, 20}, {320, 640}, {40, 30}},
                                             {"worse", {10, 20}, {320, 640}, {60, 45}}};
   const auto table = de::write_fid_curves(curves, (dir / "out").string(), "t");
   EXPECT_EQ(read_text(dir / "out" / "fid_vs_images.csv"),
-            "label,step,images_seen,fid\nbase,10,320,50.0000\nbase,20,640,40.0000\nbetter,10,320,40.0000\n"
+            "label,step,images_seen,fid\nbase,10,320,50.0000\nbase,15,480,40.0000\nbase,20,640,40.0000\n"
+            "better,10,320,40.0000\n"
             "better,20,640,30.0000\nworse,10,320,60.0000\nworse,20,640,45.0000\n");
   EXPECT_EQ(read_text(dir / "out" / "fid_vs_images.md"), table);
-  EXPECT_NE(table.find("| base | 40.00 | 640 | 640 | 1.00 |"), std::string::npos) << table;
-  EXPECT_NE(table.find("| better | 30.00 | 640 | 320 | 0.50 |"), std::string::npos) << table;
-  EXPECT_NE(table.find("| worse | 45.00 | 640 | not reached | - |"), std::string::npos) << table;
+  EXPECT_NE(table.find("fraction of base's 480 |"), std::string::npos) << table;
+  EXPECT_NE(table.find("| base | 40.00 | 40.00 | 640 | 480 | 1.00 |"), std::string::npos) << table;
+  EXPECT_NE(table.find("| better | 30.00 | 30.00 | 640 | 320 | 0.67 |"), std::string::npos) << table;
+  EXPECT_NE(table.find("| worse | 45.00 | 45.00 | 640 | not reached | - |"), std::string::npos) << table;
   const auto png = de::read_png((dir / "out" / "fid_vs_images.png").string());
   EXPECT_EQ(png.width, 800);
   EXPECT_EQ(png.height, 500);

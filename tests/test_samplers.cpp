@@ -484,3 +484,76 @@ TEST(Spacing, DpmSolverIntermediatesAreStrictlyInsideAndFallBack) {
   EXPECT_NEAR((schedule.lambda(three[1]) - l) / h, 2.0 / 3, 0.01);
   EXPECT_GT(three[0], three[1]);
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Zero terminal SNR (Lin et al. 2023): alpha_bar_{T-1} = 0, so x_{T-1} is pure noise and the exact ODE map from it
+// to x_0 is mu + s x_{T-1}. The network is the optimal x0-predictor of the schedule it was trained on (at T-1:
+// E[x0] = mu, as a v-model gives), its output converted to eps with the schedule sampling reads (alpha_bar_{T-1}
+// tiny, diffusion/schedule.h), as eval/denoiser_source does. Every sampler must start at T-1 and land on the map.
+
+namespace {
+dd::EpsModel gaussian_optimal_x0_as_eps(const dd::NoiseSchedule& trained, const dd::NoiseSchedule& sampled) {
+  return [trained, sampled](const torch::Tensor& x, const torch::Tensor& t) {
+    auto a = dd::gather_coefficient(trained.alphas_cumprod, t, x);
+    auto x0 = kMu + a.sqrt() * kS * kS * (x - a.sqrt() * kMu) / (a * kS * kS + 1 - a);
+    auto a_s = dd::gather_coefficient(sampled.alphas_cumprod, t, x);
+    return (x - a_s.sqrt() * x0) / (1 - a_s).sqrt();
+  };
+}
+}  // namespace
+
+TEST(ZeroTerminalSnr, EverySamplerStartsFromPureNoiseAndLandsOnTheExactMap) {
+  for (const char* name : {"linear", "cosine"}) {
+    const auto trained = dd::make_schedule(name, kT, /*zero_terminal_snr=*/true);
+    ASSERT_EQ(trained.alpha_bar(kT - 1), 0.0);
+    const auto sampled = dd::with_finite_terminal_snr(trained);
+    EXPECT_GT(sampled.alpha_bar(kT - 1), 0.0);
+    EXPECT_LT(sampled.alpha_bar(kT - 1), sampled.alpha_bar(kT - 2));
+    EXPECT_TRUE(std::isfinite(sampled.lambda(kT - 1)));
+    const auto model = gaussian_optimal_x0_as_eps(trained, sampled);
+    const auto x_T = start_noise(64);
+    const auto exact = kMu + kS * x_T;
+    struct Case {
+      const char* sampler;
+      const char* spacing;
+      int64_t steps;
+      double order;  // the error at 2 x steps must fall by at least 0.7 x 2^order: it converges to the map
+                     // (0: only the error at 2 x steps is bounded; trailing steps are not nested, so their
+                     // error need not fall monotonically)
+    };
+    for (const Case& c : {Case{"ddim", "", 50, 1}, Case{"euler", "", 50, 1}, Case{"heun", "", 25, 2},
+                          Case{"dpm-solver-2", "", 25, 2}, Case{"dpm-solver-3", "", 10, 3},
+                          Case{"dpm-solver++2m", "", 25, 2}, Case{"dpm-solver++2m", "trailing", 25, 0},
+                          Case{"ddim", "linspace", 50, 1}}) {
+      double previous = 0;
+      for (int64_t steps : {c.steps, 2 * c.steps}) {
+        const auto spec = spec_of(c.sampler, steps, c.spacing);
+        ASSERT_EQ(dd::sampler_timesteps(spec, trained).front(), kT - 1) << c.sampler << " " << c.spacing;
+        dd::PerImageNoise noise(seeds(64, 1000));
+        const auto out = dd::run_sampler(spec, model, x_T.clone(), trained, noise);
+        ASSERT_TRUE(torch::isfinite(out).all().item<bool>()) << name << " " << c.sampler;
+        const double err = max_abs(out - exact);
+        std::printf("[ zero-terminal-snr %s ] %-16s %-9s steps %3ld max |x0 - (mu + s x_T)| %.2e\n", name, c.sampler,
+                    c.spacing, static_cast<long>(steps), err);
+        if (steps == 2 * c.steps) EXPECT_LT(err, c.order == 0 ? 5e-3 : 0.1) << name << " " << c.sampler << " " << c.spacing;
+        if (previous > 0 && c.order > 0)
+          EXPECT_LT(err, previous / (0.7 * std::pow(2.0, c.order))) << name << " " << c.sampler << " " << c.spacing;
+        previous = err;
+      }
+    }
+    // The stochastic ones: the data's mean and std from pure noise (few large ancestral steps shrink the
+    // variance, as without zero terminal SNR: x0-hat is a posterior mean, so 250 steps).
+    const auto many = start_noise(512, 77);
+    for (const Case& c : {Case{"ddpm", "", kT, 0}, Case{"ddim", "", 250, 0}, Case{"ddpm-respaced", "", 250, 0}}) {
+      auto spec = spec_of(c.sampler, c.steps, c.spacing);
+      if (std::string(c.sampler) == "ddim") spec.eta = 1.0;
+      dd::PerImageNoise noise(seeds(512, 5000));
+      const auto out = dd::run_sampler(spec, model, many.clone(), trained, noise);
+      const double mean = out.mean().item<double>(), std = out.std().item<double>();
+      std::printf("[ zero-terminal-snr %s ] %-16s mean %.4f (mu %.2f) std %.4f (s %.2f)\n", name, c.sampler, mean, kMu,
+                  std, kS);
+      EXPECT_NEAR(mean, kMu, 0.04) << name << " " << c.sampler;  // 2048 values: standard error 0.011
+      EXPECT_NEAR(std, kS, 0.04) << name << " " << c.sampler;
+    }
+  }
+}

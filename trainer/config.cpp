@@ -71,6 +71,7 @@ void visit_config_fields(Config& c, Visitor&& v) {
   v("model.text_null", c.model.text_null);
   v("diffusion.timesteps", c.diffusion.timesteps);
   v("diffusion.schedule", c.diffusion.schedule);
+  v("diffusion.zero_terminal_snr", c.diffusion.zero_terminal_snr);
   v("diffusion.prediction", c.diffusion.prediction);
   v("diffusion.loss_weighting", c.diffusion.loss_weighting);
   v("diffusion.min_snr_gamma", c.diffusion.min_snr_gamma);
@@ -667,6 +668,9 @@ void validate_config(const Config& c) {
           c.diffusion.timesteps, "in [2, 100000]");
   require(c.diffusion.schedule == "linear" || c.diffusion.schedule == "cosine", "diffusion.schedule",
           c.diffusion.schedule, "linear or cosine");
+  require(!c.diffusion.zero_terminal_snr || c.diffusion.prediction != "eps", "diffusion.prediction",
+          c.diffusion.prediction, "v or x0 with diffusion.zero_terminal_snr (at alpha_bar = 0 the input is pure noise "
+          "and eps = x_t carries nothing about the image; Lin et al. 2023 train v)");
   require(c.diffusion.prediction == "eps" || c.diffusion.prediction == "v" || c.diffusion.prediction == "x0",
           "diffusion.prediction", c.diffusion.prediction, "eps, v or x0");
   require(c.diffusion.loss_weighting == "uniform" || c.diffusion.loss_weighting == "min_snr",

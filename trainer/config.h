@@ -82,6 +82,8 @@ struct ModelConfig {
 struct DiffusionConfig {
   int64_t timesteps = 1000;
   std::string schedule = "linear";  // linear | cosine
+  // Lin et al. 2023 (arXiv 2305.08891): the schedule rescaled so alpha_bar_{T-1} = 0 (needs prediction v or x0).
+  bool zero_terminal_snr = false;
   std::string prediction = "eps";   // eps | v | x0
   // How the training loss weighs and samples timesteps (diffusion/loss_weighting.h); training
   // choices only, so they may change on resume.

@@ -174,7 +174,7 @@ void train(const Config& given_config, MpiSession& session, const TrainingHooks&
 
   if (metrics) metrics->start(state.step, state.images_seen);  // pushes state running
 
-  const auto schedule = diffusion::make_schedule(config.diffusion.schedule, config.diffusion.timesteps);
+  const auto schedule = diffusion::make_schedule(config.diffusion.schedule, config.diffusion.timesteps, config.diffusion.zero_terminal_snr);
   const auto prediction = diffusion::parse_prediction(config.diffusion.prediction);
   const auto weighting = diffusion::parse_loss_weighting(config.diffusion.loss_weighting);
   std::function<int64_t(double)> timestep_of_normal;  // empty: uniform timesteps
