@@ -26,7 +26,7 @@ done
 mkdir -p "$out"
 
 declare -A variants=(
-  [baseline]=""
+  [baseline]="diffusion.prediction=eps diffusion.loss_weighting=uniform"  # Ho et al.'s L_simple
   [min-snr]="diffusion.loss_weighting=min_snr"
   [v]="diffusion.prediction=v"
   [v-min-snr]="diffusion.prediction=v diffusion.loss_weighting=min_snr"
@@ -46,7 +46,7 @@ seconds() { /usr/bin/python3 -c 'import time; print(f"{time.time():.3f}")'; }
 for label in "${order[@]}"; do
   [[ -v "variants[$label]" ]] || { echo "unknown variant $label (known: ${!variants[*]})" >&2; exit 1; }
   [[ -e $out/$label/done ]] && { echo "== $label: done before, kept"; continue; }
-  echo "== $label: ${variants[$label]:-(the config as it is)}"
+  echo "== $label: ${variants[$label]}"
   rm -rf "${out:?}/$label"
   t=$(seconds)
   # shellcheck disable=SC2086  # the variant's overrides are words
