@@ -263,12 +263,14 @@ class Arguments(Fuzz):
                "--max-tokens", "--prompt", "--prompt-file", "--sampler", "--steps", "--eta", "--spacing",
                "--variance", "--clip", "--guidance", "--images-per-prompt", "--batch-size", "--threads",
                "--precision", "--manifest", "--extractor", "--data", "--limit", "--samplers", "--samples",
-               "--reference", "--timeout", "--lr", "--labels", "--classifier", "--json", "--compare-rows"]
+               "--reference", "--timeout", "--lr", "--labels", "--classifier", "--json", "--compare-rows",
+               "--sigma-rel", "--run", "--title"]
     VALUES = ["0", "-1", "1", "3", "1e308", "nan", "inf", "-inf", "1000000000000", "99999999999999999999", "",
               "abc", "ddim", "ddpm", "dpm-solver++", "/nonexistent", "/dev/null", "/dev/full", "/", ".", "1,2,nan",
               "bf16", "fp64", "red circle", "a\x01b"]
     COMMANDS = [["make-data"], ["sample"], ["colour-match"], ["class-match"], ["export"], ["eval", "fid-ref"],
-                ["eval", "fid"], ["eval", "sweep"], ["features"], ["checkpoint-info"], ["make-shards"], ["nope"], []]
+                ["eval", "fid"], ["eval", "sweep"], ["eval", "curves"], ["features"], ["checkpoint-info"],
+                ["make-shards"], ["ema-reconstruct"], ["nope"], []]
 
     def test_mutated_command_lines(self):
         run_dir = self.trained_run()
