@@ -362,11 +362,11 @@ def torch_equal(a, b):
 
 
 class TrainingObjectives(Workdir):
-    """Min-SNR-γ weighting, log-normal timesteps and offset noise (diffusion/loss_weighting.h) keep the
+    """Min-SNR-γ weighting, log-normal timesteps, offset noise and zero terminal SNR keep the
     guarantees: 2 ranks x 4 train like 1 rank x 8, a resumed run ends bit-identical, and each option
     changes the training."""
     options = ("diffusion.prediction=v", "diffusion.loss_weighting=min_snr", "diffusion.timestep_sampling=lognormal",
-               "diffusion.offset_noise=0.1")
+               "diffusion.offset_noise=0.1", "diffusion.zero_terminal_snr=true")
 
     def weights(self, run_dir, step):
         import torch
