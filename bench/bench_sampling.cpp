@@ -69,7 +69,8 @@ int main(int argc, char** argv) {
   model::UNet net(unet_options_from(config.model, model_input_size(config), model_input_channels(config)));
   net->eval();
   torch::NoGradGuard no_grad;
-  const auto schedule = diffusion::make_schedule(config.diffusion.schedule, config.diffusion.timesteps, config.diffusion.zero_terminal_snr);
+  const auto schedule = diffusion::make_schedule(config.diffusion.schedule, config.diffusion.timesteps,
+                                                config.diffusion.zero_terminal_snr, config.diffusion.flow_shift);
   const int64_t H = config.data.image_size;
   std::vector<std::string> captions(batch, "a red circle");
   auto tokens = tokenize_batch(captions, config.model.max_tokens);

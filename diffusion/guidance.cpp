@@ -8,7 +8,8 @@ EpsModel guided_eps_model(Network network, torch::Tensor tokens, torch::Tensor n
                           Prediction prediction, const NoiseSchedule& schedule) {
   return [=](const torch::Tensor& x, const torch::Tensor& t) -> torch::Tensor {
     auto eps_of = [&](const torch::Tensor& xs, const torch::Tensor& ts, const torch::Tensor& toks) {
-      return output_to_eps(prediction, schedule, network(xs, ts, toks).to(xs.scalar_type()), xs, ts);
+      const auto input = network_input(prediction, schedule, xs, ts);
+      return output_to_eps(prediction, schedule, network(input, ts, toks).to(xs.scalar_type()), xs, ts);
     };
     // The weight on one branch is zero: one forward suffices.
     if (guidance == 1.0) return eps_of(x, t, tokens);

@@ -2,6 +2,8 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <cmath>
 #include <stdexcept>
 
 namespace difftrain::diffusion {
@@ -18,15 +20,22 @@ torch::Tensor loss_weights(LossWeighting weighting, Prediction prediction, const
   const auto alpha_bar = schedule.alphas_cumprod.index_select(0, t.to(torch::kCPU));  // float64
   const auto snr = alpha_bar / (1 - alpha_bar);
   const auto clamped = torch::clamp_max(snr, gamma);
-  const auto weight = prediction == Prediction::kEps ? clamped / snr
-                      : prediction == Prediction::kV ? clamped / (snr + 1)
-                                                     : clamped;  // x0
+  const auto weight = prediction == Prediction::kEps    ? clamped / snr
+                      : prediction == Prediction::kV    ? clamped / (snr + 1)
+                      : prediction == Prediction::kFlow ? clamped / (snr.sqrt() + 1).pow(2)
+                                                        : clamped;  // x0
   return weight.to(torch::kFloat32);
 }
 
 int64_t lognormal_timestep(const NoiseSchedule& schedule, double z, double mean, double std) {
   const double log_sigma = mean + std * z;
   return nearest_timestep_for_lambda(schedule, -log_sigma, 0, schedule.timesteps - 1);
+}
+
+int64_t logit_normal_timestep(int64_t timesteps, double z, double mean, double std) {
+  const double u = 1 / (1 + std::exp(-(mean + std * z)));
+  const auto t = static_cast<int64_t>(std::ceil(u * static_cast<double>(timesteps))) - 1;
+  return std::clamp<int64_t>(t, 0, timesteps - 1);
 }
 
 }  // namespace difftrain::diffusion

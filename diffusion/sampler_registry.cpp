@@ -27,6 +27,8 @@ constexpr SamplerInfo kSamplers[] = {
     {"dpm-solver++2m", "logsnr", false, false, true},
     {"euler", "karras", false, false, false},
     {"heun", "karras", false, false, false},
+    {"flow-euler", "trailing", false, false, false},
+    {"flow-heun", "trailing", false, false, false},
 };
 
 std::string joined(const std::vector<std::string>& names) {
@@ -108,7 +110,7 @@ int64_t sampler_nfe(const SamplerSpec& spec, const NoiseSchedule& given) {
   const NoiseSchedule schedule = with_finite_terminal_snr(given);
   const auto ts = sampler_timesteps(spec, schedule);
   const auto n = static_cast<int64_t>(ts.size());
-  if (spec.name == "heun") return 2 * n - 1;
+  if (spec.name == "heun" || spec.name == "flow-heun") return 2 * n - 1;
   if (spec.name == "dpm-solver-2" || spec.name == "dpm-solver-3") {
     const int order = spec.name == "dpm-solver-2" ? 2 : 3;
     int64_t nfe = 1;  // the terminal step
@@ -137,6 +139,8 @@ torch::Tensor run_sampler(const SamplerSpec& spec, const EpsModel& model, torch:
   if (n == "dpm-solver++2m")
     return dpm_solver_pp_2m_sample(model, std::move(x_T), schedule, ts, spec.clip_x0, callback);
   if (n == "euler") return euler_sample(model, std::move(x_T), schedule, ts, callback);
+  if (n == "flow-euler") return flow_euler_sample(model, std::move(x_T), schedule, ts, callback);
+  if (n == "flow-heun") return flow_heun_sample(model, std::move(x_T), schedule, ts, callback);
   return heun_sample(model, std::move(x_T), schedule, ts, callback);  // validate() admits no other name
 }
 

@@ -15,12 +15,14 @@
 namespace difftrain::diffusion {
 
 struct SamplerSpec {
-  // ddpm | ddpm-naive | ddpm-respaced | ddim | dpm-solver-2 | dpm-solver-3 | dpm-solver++2m | euler | heun
+  // ddpm | ddpm-naive | ddpm-respaced | ddim | dpm-solver-2 | dpm-solver-3 | dpm-solver++2m | euler | heun |
+  // flow-euler | flow-heun
   std::string name;
   int64_t steps = 25;  // listed timesteps, 1..T; ignored by ddpm (always all T)
   double eta = 0.0;    // ddim only, in [0, 1]
   // leading | trailing | linspace | quadratic | logsnr | karras; empty = the sampler's default: trailing for
-  // ddim/ddpm-*, logsnr for dpm-*, karras for euler/heun. Not accepted by ddpm.
+  // ddim/ddpm-* and flow-* (on the flow schedule: SD3's shifted uniform grid), logsnr for dpm-*, karras for
+  // euler/heun. Not accepted by ddpm.
   std::string spacing;
   DdpmVariance variance = DdpmVariance::kPosterior;  // ddpm family only
   bool clip_x0 = false;                              // only samplers that form x0-hat (ddpm*, ddim, dpm-solver++2m)
@@ -42,7 +44,7 @@ void validate(const SamplerSpec& spec, const NoiseSchedule& schedule);
 std::vector<int64_t> sampler_timesteps(const SamplerSpec& spec, const NoiseSchedule& schedule);
 
 // Network evaluations per image, counting the terminal step (guidance's doubling not counted):
-// n listed timesteps -> n (ddpm*, ddim, dpm-solver++2m, euler), 2n - 1 (heun),
+// n listed timesteps -> n (ddpm*, ddim, dpm-solver++2m, euler, flow-euler), 2n - 1 (heun, flow-heun),
 // 1 + sum over intervals of (1 + interior points) (dpm-solver-2/3: 2n - 1 and 3n - 2 without fallbacks).
 int64_t sampler_nfe(const SamplerSpec& spec, const NoiseSchedule& schedule);
 

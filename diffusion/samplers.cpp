@@ -165,6 +165,37 @@ torch::Tensor edm_sample(const EpsModel& model, torch::Tensor x, const NoiseSche
   return x_bar;
 }
 
+// Rectified-flow Euler or Heun (samplers.h). x (VP) -> x_flow = c x; the network is called at x_flow / c.
+torch::Tensor flow_sample(const EpsModel& model, torch::Tensor x, const NoiseSchedule& schedule,
+                          const std::vector<int64_t>& timesteps, bool heun, const SamplerCallback& callback) {
+  check_timesteps(schedule, timesteps);
+  torch::NoGradGuard no_grad;
+  const int64_t n = static_cast<int64_t>(timesteps.size());
+  // v-hat = eps-hat - x0-hat at (x_flow, t); x0-hat = (x_t - sqrt(1 - a) eps-hat) / sqrt(a).
+  auto velocity = [&](const torch::Tensor& x_flow, int64_t t, torch::Tensor* x0_out) {
+    const double a = schedule.alpha_bar(t);
+    auto x_t = x_flow / flow_input_scale(a);
+    auto eps = model(x_t, full_t(t, x));
+    auto x0 = (x_t - std::sqrt(1 - a) * eps) / std::sqrt(a);
+    if (x0_out) *x0_out = x0;
+    return eps - x0;
+  };
+  auto x_flow = x * flow_input_scale(schedule.alpha_bar(timesteps[0]));
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t t = timesteps[i];
+    const int64_t t_next = i + 1 < n ? timesteps[i + 1] : -1;
+    const double s = flow_sigma(schedule.alpha_bar(t)), s_next = flow_sigma(schedule.alpha_bar(t_next));
+    torch::Tensor x0;
+    auto v = velocity(x_flow, t, &x0);
+    auto x_next = x_flow + (s_next - s) * v;
+    if (heun && i + 1 < n) x_next = x_flow + (s_next - s) * 0.5 * (v + velocity(x_next, t_next, nullptr));
+    x_flow = x_next;
+    auto x_t = x_flow / flow_input_scale(schedule.alpha_bar(t_next));  // at t = -1: c = 1, x_t = x_flow = x_0
+    if (callback) callback({i, n, t, x_t, x0});
+  }
+  return x_flow;
+}
+
 }  // namespace
 
 torch::Tensor ddpm_sample(const EpsModel& model, torch::Tensor x, const NoiseSchedule& schedule,
@@ -308,6 +339,16 @@ torch::Tensor euler_sample(const EpsModel& model, torch::Tensor x, const NoiseSc
 torch::Tensor heun_sample(const EpsModel& model, torch::Tensor x, const NoiseSchedule& schedule,
                           const std::vector<int64_t>& timesteps, const SamplerCallback& callback) {
   return edm_sample(model, std::move(x), schedule, timesteps, true, callback);
+}
+
+torch::Tensor flow_euler_sample(const EpsModel& model, torch::Tensor x, const NoiseSchedule& schedule,
+                                const std::vector<int64_t>& timesteps, const SamplerCallback& callback) {
+  return flow_sample(model, std::move(x), schedule, timesteps, false, callback);
+}
+
+torch::Tensor flow_heun_sample(const EpsModel& model, torch::Tensor x, const NoiseSchedule& schedule,
+                               const std::vector<int64_t>& timesteps, const SamplerCallback& callback) {
+  return flow_sample(model, std::move(x), schedule, timesteps, true, callback);
 }
 
 }  // namespace difftrain::diffusion

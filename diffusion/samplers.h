@@ -104,4 +104,16 @@ torch::Tensor euler_sample(const EpsModel& model, torch::Tensor x, const NoiseSc
 torch::Tensor heun_sample(const EpsModel& model, torch::Tensor x, const NoiseSchedule& schedule,
                           const std::vector<int64_t>& timesteps, const SamplerCallback& callback = nullptr);
 
+// The rectified-flow ODE (Liu et al. 2022, arXiv 2209.03003; Esser et al. 2024, arXiv 2403.03206, sec. 2):
+// dx_flow/ds = v(x_flow, s) = E[eps - x0 | x_flow], in the flow's own coordinates x_flow = c x_t, s = flow_sigma(a)
+// (diffusion/schedule.h), from s(t_1) to s = 0. flow-euler: x_flow(s') = x_flow(s) + (s' - s) v-hat, the sampler
+// of SD3 (diffusers' FlowMatchEulerDiscreteScheduler); on the same timesteps it equals DDIM (eta = 0), which moves
+// along the same line from x0-hat to eps-hat. flow-heun: the trapezoidal correction with an Euler predictor
+// (2nd order; Karras et al. 2022, Alg. 1 lines 6-8, in flow rather than EDM coordinates) on every step but the
+// terminal one. v-hat = eps-hat - x0-hat from the eps-model, so any model (VP or flow) can be sampled this way.
+torch::Tensor flow_euler_sample(const EpsModel& model, torch::Tensor x, const NoiseSchedule& schedule,
+                                const std::vector<int64_t>& timesteps, const SamplerCallback& callback = nullptr);
+torch::Tensor flow_heun_sample(const EpsModel& model, torch::Tensor x, const NoiseSchedule& schedule,
+                               const std::vector<int64_t>& timesteps, const SamplerCallback& callback = nullptr);
+
 }  // namespace difftrain::diffusion

@@ -53,11 +53,32 @@ NoiseSchedule cosine_schedule(int64_t timesteps) {
   return sched;
 }
 
-NoiseSchedule make_schedule(const std::string& name, int64_t timesteps, bool zero_terminal_snr) {
+NoiseSchedule flow_schedule(int64_t timesteps, double shift) {
+  if (!(shift > 0) || !std::isfinite(shift))
+    throw std::invalid_argument("flow schedule shift = " + std::to_string(shift) + ": expected a positive number");
+  std::vector<double> alphas_cumprod(timesteps);
+  for (int64_t t = 0; t < timesteps; ++t) {
+    const double u = static_cast<double>(t + 1) / static_cast<double>(timesteps);
+    const double s = shift * u / (1 + (shift - 1) * u);
+    alphas_cumprod[t] = (1 - s) * (1 - s) / ((1 - s) * (1 - s) + s * s);
+  }
+  alphas_cumprod[timesteps - 1] = 0.0;  // s = 1 exactly, whatever the rounding
+  return schedule_from_alphas_cumprod(torch::tensor(alphas_cumprod, torch::kFloat64));
+}
+
+double flow_sigma(double alpha_bar) {
+  const double a = std::sqrt(alpha_bar), s = std::sqrt(1 - alpha_bar);
+  return s / (a + s);
+}
+
+double flow_input_scale(double alpha_bar) { return 1 / (std::sqrt(alpha_bar) + std::sqrt(1 - alpha_bar)); }
+
+NoiseSchedule make_schedule(const std::string& name, int64_t timesteps, bool zero_terminal_snr, double flow_shift) {
   NoiseSchedule s;
   if (name == "linear") s = linear_schedule(timesteps);
   else if (name == "cosine") s = cosine_schedule(timesteps);
-  else throw std::invalid_argument("unknown noise schedule '" + name + "' (expected linear or cosine)");
+  else if (name == "flow") return flow_schedule(timesteps, flow_shift);  // zero terminal SNR by construction
+  else throw std::invalid_argument("unknown noise schedule '" + name + "' (expected linear, cosine or flow)");
   return zero_terminal_snr ? rescale_zero_terminal_snr(s) : s;
 }
 

@@ -26,8 +26,23 @@ struct NoiseSchedule {
 NoiseSchedule linear_schedule(int64_t timesteps);
 // Nichol & Dhariwal 2021, eq. 17: alpha_bar(t) = cos^2(((t/T + s) / (1 + s)) * pi/2), s = 0.008, beta <= 0.999.
 NoiseSchedule cosine_schedule(int64_t timesteps);
-// With zero_terminal_snr: rescale_zero_terminal_snr of the named schedule.
-NoiseSchedule make_schedule(const std::string& name, int64_t timesteps, bool zero_terminal_snr = false);
+// Rectified flow (Liu et al. 2022; Esser et al. 2024, "Scaling Rectified Flow Transformers", arXiv 2403.03206,
+// sec. 2 and 5.1): x_t = (1 - s_t) x0 + s_t eps on the straight line from data to noise, with
+//   s_t = shift u / (1 + (shift - 1) u),  u = (t + 1) / T   (SD3's eq. 23 timestep shift; shift = 1: s_t = u),
+// so s_{T-1} = 1 (pure noise) and s_0 = 1/T at shift 1. Scaled by 1 / sqrt((1 - s)^2 + s^2) it is the VP process
+//   x_vp = sqrt(a) x0 + sqrt(1 - a) eps  with  alpha_bar_t = a = (1 - s)^2 / ((1 - s)^2 + s^2),
+// which is the table kept here (alpha_bar_{T-1} = 0: zero terminal SNR by construction), so every sampler of the
+// DDPM family runs on a flow model too; flow_sigma() and flow_input_scale() give the flow's own coordinates back.
+NoiseSchedule flow_schedule(int64_t timesteps, double shift = 1.0);
+// The rectified-flow noise level s of a VP alpha_bar: the x_t = (1 - s) x0 + s eps whose direction equals
+// sqrt(a) x0 + sqrt(1 - a) eps, s = sqrt(1 - a) / (sqrt(a) + sqrt(1 - a)); 0 at a = 1, 1 at a = 0.
+double flow_sigma(double alpha_bar);
+// x_flow = flow_input_scale(a) * x_vp, flow_input_scale = 1 / (sqrt(a) + sqrt(1 - a)) (in [1/sqrt(2), 1]).
+double flow_input_scale(double alpha_bar);
+// linear | cosine | flow. With zero_terminal_snr: rescale_zero_terminal_snr of the named schedule (a flow
+// schedule is zero-terminal already). flow_shift: flow_schedule's shift (only "flow" reads it).
+NoiseSchedule make_schedule(const std::string& name, int64_t timesteps, bool zero_terminal_snr = false,
+                            double flow_shift = 1.0);
 
 // Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are Flawed" (arXiv 2305.08891),
 // Algorithm 1: sqrt(alpha_bar) shifted and scaled linearly so that sqrt(alpha_bar_0) is kept and

@@ -77,7 +77,8 @@ DenoiserSource denoiser_from_model(model::UNet net, const Config& config, const 
   s.prediction = diffusion::parse_prediction(config.diffusion.prediction);
   // Sampling reads a zero-terminal-SNR schedule with a tiny finite alpha_bar_{T-1} (diffusion/schedule.h).
   s.schedule = diffusion::with_finite_terminal_snr(
-      diffusion::make_schedule(config.diffusion.schedule, config.diffusion.timesteps, config.diffusion.zero_terminal_snr));
+      diffusion::make_schedule(config.diffusion.schedule, config.diffusion.timesteps, config.diffusion.zero_terminal_snr,
+                               config.diffusion.flow_shift));
   s.image_size = model_input_size(config);
   s.channels = model_input_channels(config);
   s.max_tokens = config.model.max_tokens;
@@ -304,7 +305,8 @@ void export_denoiser(model::UNet net, const Config& config, const std::string& o
   // A zero-terminal-SNR model is exported with the schedule sampling uses (alpha_bar_{T-1} tiny, not 0): its eps
   // output then still carries x0-hat at t = T-1, and the file's alphas_cumprod is what every sampler can read.
   const auto schedule = diffusion::with_finite_terminal_snr(
-      diffusion::make_schedule(config.diffusion.schedule, config.diffusion.timesteps, config.diffusion.zero_terminal_snr));
+      diffusion::make_schedule(config.diffusion.schedule, config.diffusion.timesteps, config.diffusion.zero_terminal_snr,
+                               config.diffusion.flow_shift));
   const auto prediction = diffusion::parse_prediction(config.diffusion.prediction);
   // Tensors the traced forward reads must be the very ones registered as buffers.
   auto alphas_cumprod = schedule.alphas_cumprod.clone();
@@ -315,8 +317,9 @@ void export_denoiser(model::UNet net, const Config& config, const std::string& o
   const bool precomputed = config.model.conditioning == "precomputed";
   const int64_t D = config.model.context_dim, P = config.model.pooled_dim;
   model::TracedForward forward = [&](const std::vector<torch::Tensor>& in) {
-    auto output = precomputed ? net->forward(in[0], in[1], model::Conditioning{in[2], in[3], P > 0 ? in[4] : torch::Tensor()})
-                              : net->forward(in[0], in[1], in[2]);
+    const auto x = diffusion::network_input(prediction, traced_schedule, in[0], in[1]);
+    auto output = precomputed ? net->forward(x, in[1], model::Conditioning{in[2], in[3], P > 0 ? in[4] : torch::Tensor()})
+                              : net->forward(x, in[1], in[2]);
     return diffusion::output_to_eps(prediction, traced_schedule, output, in[0], in[1]);
   };
   std::vector<torch::Tensor> example = {torch::randn({2, C, H, H}),

@@ -438,6 +438,63 @@ class ZeroTerminalSnr(Workdir):
                                 "diffusion.prediction", "zero_terminal_snr")
 
 
+class RectifiedFlow(Workdir):
+    """The rectified-flow objective (diffusion.schedule=flow, prediction=flow, SD3's shift and logit-normal
+    timesteps) keeps the guarantees: 2 ranks x 4 train like 1 rank x 8, a resume is bit-identical, the shift
+    and the timestep law each change the training; its model samples with the flow samplers and the DDPM
+    family, and its export samples exactly like the checkpoint. eps prediction on the flow schedule is refused."""
+    options = ("diffusion.schedule=flow", "diffusion.prediction=flow", "diffusion.flow_shift=3",
+               "diffusion.timestep_sampling=logit_normal")
+
+    def train(self, ranks, run_dir, *extra):
+        args = [BINARY] + self.train_args("train.warmup_steps=0", "train.cond_dropout=0.5", "train.max_steps=6",
+                                          "checkpoint.every=3", *extra, run_dir=run_dir)
+        r = subprocess.run((MPIRUN + ["-np", str(ranks)] if ranks > 1 else []) + args, capture_output=True,
+                           text=True, timeout=300)
+        self.assertEqual(r.returncode, 0, r.stdout[-2000:] + r.stderr[-2000:])
+
+    def test_ranks_resume_options_sampling_and_export(self):
+        self.train(1, "one", *self.options, "train.batch_size=8")
+        self.train(2, "two", *self.options, "train.batch_size=4")
+        one = TrainingObjectives.weights(self, "one", 6)
+        worst = max((one[k] - TrainingObjectives.weights(self, "two", 6)[k]).abs().max().item() for k in one)
+        self.assertLess(worst, 1e-4, f"2 ranks x 4 vs 1 rank x 8: max weight difference {worst}")
+        shutil.copytree(self.dir / "one", self.dir / "resumed")
+        shutil.rmtree(self.dir / "resumed" / "checkpoints" / "step-000000006")
+        self.train(1, "resumed", *self.options, "train.batch_size=8")
+        for name, tensor in TrainingObjectives.weights(self, "resumed", 6).items():
+            self.assertTrue(torch_equal(tensor, one[name]), name)
+        for i, changed in enumerate(("diffusion.flow_shift=1", "diffusion.timestep_sampling=uniform")):
+            key = changed.split("=")[0]
+            self.train(1, f"other-{i}", *[o for o in self.options if not o.startswith(key)], changed,
+                       "train.batch_size=8")
+            other = TrainingObjectives.weights(self, f"other-{i}", 6)
+            moved = max((one[k] - other[k]).abs().max().item() for k in one)
+            self.assertGreater(moved, 100 * max(worst, 1e-7), f"{changed} changed nothing ({moved})")
+
+        for sampler in ("flow-euler", "flow-heun", "ddim", "dpm-solver++2m", "heun"):
+            out = self.dir / f"samples-{sampler}"
+            r = run(["sample", "--checkpoint", str(self.dir / "one"), "--out", str(out), "--prompt", "a red circle",
+                     "--sampler", sampler, "--steps", "4", "--guidance", "3"])
+            self.assertEqual(r.returncode, 0, sampler + ": " + r.stderr)
+            self.assertTrue(list(out.glob("*.png")), sampler)
+        model = self.dir / "flow.pt"
+        r = run(["export", "--checkpoint", str(self.dir / "one"), "--out", str(model)])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        for sampler in ("flow-euler", "ddim"):
+            for source, out in ((["--checkpoint", str(self.dir / "one")], "a"), (["--model", str(model)], "b")):
+                r = run(["sample", *source, "--out", str(self.dir / f"{out}-{sampler}"), "--prompt", "a red circle",
+                         "--prompt", "a blue square", "--sampler", sampler, "--steps", "5", "--guidance", "1", "3"])
+                self.assertEqual(r.returncode, 0, r.stderr)
+            pngs = sorted((self.dir / f"a-{sampler}").glob("w*.png"))
+            self.assertEqual(len(pngs), 4, sampler)
+            for png in pngs:
+                self.assertEqual(png.read_bytes(), (self.dir / f"b-{sampler}" / png.name).read_bytes(), png.name)
+        self.assert_clean_error(run(self.train_args("diffusion.schedule=flow", run_dir="e")),
+                                "diffusion.prediction", "diffusion.schedule = flow")
+        self.assert_clean_error(run(self.train_args("diffusion.flow_shift=3", run_dir="e2")), "diffusion.flow_shift")
+
+
 class PostHocEma(Workdir):
     """EDM2's power-function EMA profiles (train.ema_profiles) and `ema-reconstruct`, checked against an
     independent implementation here: the profiles are the power EMA (eq. 4) of the weights of every

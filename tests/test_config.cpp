@@ -165,10 +165,18 @@ TEST(ConfigValidation, AbsurdFloatsAreOutOfRangeNamingTheKey) {
   expect_names(error_of("", {"train.cond_dropout=1"}), "never learns from text");
   expect_names(error_of("", {"diffusion.loss_weighting=snr"}), "'diffusion.loss_weighting' = snr");
   expect_names(error_of("", {"diffusion.loss_weighting=snr"}), "uniform or min_snr");
-  expect_names(error_of("", {"diffusion.timestep_sampling=logit"}), "uniform or lognormal");
+  expect_names(error_of("", {"diffusion.timestep_sampling=logit"}), "uniform, lognormal or logit_normal");
   expect_names(error_of("", {"diffusion.min_snr_gamma=0"}), "'diffusion.min_snr_gamma' = 0");
   expect_names(error_of("", {"diffusion.offset_noise=-0.1"}), "'diffusion.offset_noise' = -0.1");
   expect_names(error_of("", {"diffusion.lognormal_std=0"}), "'diffusion.lognormal_std' = 0");
+  expect_names(error_of("", {"diffusion.logit_normal_std=0"}), "'diffusion.logit_normal_std' = 0");
+  expect_names(error_of("", {"diffusion.schedule=flow"}), "'diffusion.prediction' = eps");
+  expect_names(error_of("", {"diffusion.schedule=flow"}), "diffusion.prediction = flow");
+  expect_names(error_of("", {"diffusion.flow_shift=3"}), "1 unless diffusion.schedule = flow");
+  expect_names(error_of("", {"diffusion.schedule=flow", "diffusion.prediction=flow", "diffusion.flow_shift=0"}),
+               "'diffusion.flow_shift' = 0");
+  expect_names(error_of("", {"diffusion.prediction=velocity"}), "eps, v, x0 or flow");
+  expect_names(error_of("", {"diffusion.schedule=sigmoid"}), "linear, cosine or flow");
 }
 
 TEST(ConfigValidation, IntegerOverflowIsAnErrorNamingTheKey) {
@@ -368,12 +376,14 @@ TEST(ConfigDiff, ClassifiesChangesAsGeometryOrRecorded) {
   EXPECT_EQ(by_key.at("model.attention_resolutions").checkpoint_value, "[16,8]");
   EXPECT_EQ(by_key.at("diffusion.prediction").run_value, "\"v\"");
   for (const std::string key : {"data.dir", "data.channels", "data.synthetic_count", "model.base_channels",
-                                "model.channel_mults", "model.max_tokens", "diffusion.timesteps", "diffusion.schedule"})
+                                "model.channel_mults", "model.max_tokens", "diffusion.timesteps", "diffusion.schedule",
+                                "diffusion.flow_shift"})
     EXPECT_TRUE(difftrain::is_geometry_key(key)) << key;
   for (const std::string key : {"run.dir", "data.synthetic", "data.prefetch_batches", "train.precision",
                                 "train.grad_accum_steps", "eval.samples", "checkpoint.keep", "monitoring.port",
                                 "diffusion.loss_weighting", "diffusion.min_snr_gamma", "diffusion.timestep_sampling",
-                                "diffusion.lognormal_mean", "diffusion.lognormal_std", "diffusion.offset_noise"})
+                                "diffusion.lognormal_mean", "diffusion.lognormal_std", "diffusion.offset_noise",
+                                "diffusion.logit_normal_mean", "diffusion.logit_normal_std"})
     EXPECT_FALSE(difftrain::is_geometry_key(key)) << key;
   EXPECT_TRUE(difftrain::diff_saved_config(difftrain::config_to_yaml(run), "ckpt", run).empty());
 }

@@ -125,6 +125,45 @@ TEST(Objective, VAndX0PredictionsConvertBackToEps) {
                               1e-3, 1e-4));
 }
 
+// Rectified flow, written here from Esser et al. 2024 (eq. 1-3 and 23) in the flow's own coordinates, not through
+// the VP table: s_t = shift u / (1 + (shift - 1) u), u = (t + 1) / T; the network sees (1 - s) x0 + s eps and
+// predicts eps - x0.
+TEST(Objective, RectifiedFlowIsTheStraightPathWithSd3sShift) {
+  for (const double shift : {1.0, 3.0}) {
+    const int64_t T = 1000;
+    const auto schedule = dd::make_schedule("flow", T, false, shift);
+    ASSERT_EQ(schedule.alpha_bar(T - 1), 0.0);  // pure noise at the last step
+    torch::manual_seed(2);
+    auto x0 = torch::randn({6, 3, 4, 4}, torch::kFloat64), eps = torch::randn({6, 3, 4, 4}, torch::kFloat64);
+    auto t = torch::tensor({0, 1, 250, 500, 998, 999}, torch::kInt64);
+    std::vector<double> sigmas;
+    for (int64_t i = 0; i < t.size(0); ++i) {
+      const double u = static_cast<double>(t[i].item<int64_t>() + 1) / T;
+      sigmas.push_back(shift * u / (1 + (shift - 1) * u));
+      EXPECT_NEAR(dd::flow_sigma(schedule.alpha_bar(t[i].item<int64_t>())), sigmas.back(), 1e-12);
+    }
+    const auto s = torch::tensor(sigmas, torch::kFloat64).view({6, 1, 1, 1});
+    const auto x_flow = (1 - s) * x0 + s * eps;
+    const auto x_t = dd::q_sample(schedule, x0, t, eps);
+    const auto input = dd::network_input(dd::Prediction::kFlow, schedule, x_t, t);
+    EXPECT_LT((input - x_flow).abs().max().item<double>(), 1e-12) << "shift " << shift;
+    // Other predictions see x_t itself.
+    EXPECT_TRUE(torch::equal(dd::network_input(dd::Prediction::kV, schedule, x_t, t), x_t));
+    const auto v = dd::training_target(dd::Prediction::kFlow, schedule, x0, eps, t);
+    EXPECT_TRUE(torch::equal(v, eps - x0));
+    // The exact velocity converts back to the exact eps, even at s = 1 (where x_t = eps).
+    EXPECT_LT((dd::output_to_eps(dd::Prediction::kFlow, schedule, v, x_t, t) - eps).abs().max().item<double>(), 1e-12);
+    // The shift keeps the endpoints and moves every interior level towards noise (shift > 1).
+    if (shift > 1) {
+      const auto plain = dd::make_schedule("flow", T);
+      for (int64_t k : {0, 100, 500, 900}) EXPECT_LT(schedule.alpha_bar(k), plain.alpha_bar(k));
+    }
+  }
+  EXPECT_EQ(dd::parse_prediction("flow"), dd::Prediction::kFlow);
+  EXPECT_THROW(dd::make_schedule("flow", 10, false, 0.0), std::invalid_argument);
+  EXPECT_THROW(dd::make_schedule("sigmoid", 10), std::invalid_argument);
+}
+
 TEST(Noise, AnImagesNoiseDependsOnlyOnItsSeed) {
   dd::PerImageNoise batch(seeds(3, 100)), single({102});
   auto a = batch.randn({3, 4, 4}, torch::kFloat32);
@@ -217,7 +256,7 @@ TEST(LossWeighting, MinSnrWeightsEveryTargetToTheClampedX0Loss) {
   const double gamma = 5.0;
   const auto alpha_bar = schedule.alphas_cumprod.index_select(0, t);
   const auto snr = alpha_bar / (1 - alpha_bar);
-  for (const auto prediction : {dd::Prediction::kEps, dd::Prediction::kV, dd::Prediction::kX0}) {
+  for (const auto prediction : {dd::Prediction::kEps, dd::Prediction::kV, dd::Prediction::kX0, dd::Prediction::kFlow}) {
     const auto target = dd::training_target(prediction, schedule, x0, eps, t);
     const auto output = target + 0.1 * torch::randn_like(target);  // an imperfect network
     const auto eps_hat = dd::output_to_eps(prediction, schedule, output, x_t, t);
@@ -257,4 +296,28 @@ TEST(LossWeighting, LognormalTimestepsFollowTheirNoiseLevels) {
   const auto ls = torch::tensor(log_sigmas);
   EXPECT_NEAR(ls.mean().item<double>(), -1.2, 0.06);
   EXPECT_NEAR(ls.std().item<double>(), 1.2, 0.06);
+}
+
+// Logit-normal timesteps (SD3): t = ceil(u T) - 1 for u = sigmoid(mean + std z), so u_t = (t + 1) / T is the grid
+// point at or above u; the draws' logit(u_t) have about the asked mean and std.
+TEST(LossWeighting, LogitNormalTimestepsFollowSd3sDensity) {
+  const int64_t T = 1000;
+  for (double z : {-3.0, -1.0, 0.0, 0.4, 2.5}) {
+    const double u = 1 / (1 + std::exp(-(0.5 + 1.3 * z)));
+    const int64_t t = dd::logit_normal_timestep(T, z, 0.5, 1.3);
+    EXPECT_GE(static_cast<double>(t + 1) / T, u);
+    EXPECT_LT(static_cast<double>(t) / T, u);
+  }
+  EXPECT_EQ(dd::logit_normal_timestep(T, -100, 0, 1), 0);
+  EXPECT_EQ(dd::logit_normal_timestep(T, 100, 0, 1), T - 1);
+  torch::manual_seed(3);
+  const auto z = torch::randn({4000}, torch::kFloat64);
+  std::vector<double> logits;
+  for (int64_t i = 0; i < z.size(0); ++i) {
+    const double u = static_cast<double>(dd::logit_normal_timestep(T, z[i].item<double>(), -0.4, 0.8) + 1) / T - 0.5 / T;
+    logits.push_back(std::log(u / (1 - u)));
+  }
+  const auto l = torch::tensor(logits);
+  EXPECT_NEAR(l.mean().item<double>(), -0.4, 0.04);
+  EXPECT_NEAR(l.std().item<double>(), 0.8, 0.04);
 }

@@ -9,11 +9,13 @@
 
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <ostream>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "diffusion/guidance.h"
 #include "diffusion/sampler_registry.h"
 #include "diffusion/samplers.h"
 #include "diffusion/schedule.h"
@@ -153,7 +155,10 @@ INSTANTIATE_TEST_SUITE_P(
                       OrderCase{"dpmpp2m", "dpm-solver++2m", "linear", "logsnr", {15, 20, 25, 30, 40, 60}, 2},
                       // Karras steps are far from uniform in lambda: this one checks the step-size ratio r_i.
                       OrderCase{"dpmpp2m_karras", "dpm-solver++2m", "linear", "karras", {20, 25, 30, 40, 60}, 2},
-                      OrderCase{"dpmpp2m_cosine", "dpm-solver++2m", "cosine", "logsnr", {30, 40, 60, 80, 100}, 2}),
+                      OrderCase{"dpmpp2m_cosine", "dpm-solver++2m", "cosine", "logsnr", {30, 40, 60, 80, 100}, 2},
+                      // The rectified-flow ODE solvers on a VP model: the same ODE in other coordinates.
+                      OrderCase{"flow_euler", "flow-euler", "linear", "linspace", {10, 15, 20, 30, 40, 60}, 1},
+                      OrderCase{"flow_heun", "flow-heun", "linear", "linspace", {20, 25, 30, 40, 50, 60}, 2}),
     [](const ::testing::TestParamInfo<OrderCase>& info) { return std::string(info.param.label); });
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -554,6 +559,109 @@ TEST(ZeroTerminalSnr, EverySamplerStartsFromPureNoiseAndLandsOnTheExactMap) {
                   std, kS);
       EXPECT_NEAR(mean, kMu, 0.04) << name << " " << c.sampler;  // 2048 values: standard error 0.011
       EXPECT_NEAR(std, kS, 0.04) << name << " " << c.sampler;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Rectified flow (Esser et al. 2024): x_flow = (1 - s) x0 + s eps. For x0 ~ N(mu, k^2) the optimal velocity is
+// E[eps | x_flow] - E[x0 | x_flow] with
+//   E[x0 | x] = mu + (1 - s) k^2 (x - (1 - s) mu) / D,  E[eps | x] = s (x - (1 - s) mu) / D,  D = (1 - s)^2 k^2 + s^2,
+// and the flow ODE keeps (x - (1 - s) mu) / sqrt(D), so its exact map to x0 is mu + k (x - (1 - s) mu) / sqrt(D).
+// The network below is written in flow coordinates alone (s from SD3's formula), and reaches the samplers
+// the way a trained flow model does: guided_eps_model with Prediction::kFlow (network_input, output_to_eps).
+
+namespace {
+double sd3_sigma(int64_t t, double shift) {
+  const double u = static_cast<double>(t + 1) / kT;
+  return shift * u / (1 + (shift - 1) * u);
+}
+
+// The optimal flow network; `sigma_of(t)` is the noise level it believes timestep t has.
+dd::Network gaussian_flow_network(std::function<double(int64_t)> sigma_of) {
+  return [sigma_of](const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor&) {
+    std::vector<double> sig;
+    for (int64_t i = 0; i < t.size(0); ++i) sig.push_back(sigma_of(t[i].item<int64_t>()));
+    const auto s = torch::tensor(sig, x.options()).view({-1, 1, 1, 1});
+    const auto d = (1 - s).pow(2) * kS * kS + s.pow(2);
+    const auto centred = x - (1 - s) * kMu;
+    return s * centred / d - (kMu + (1 - s) * kS * kS * centred / d);
+  };
+}
+
+dd::EpsModel as_flow_model(const dd::Network& network, const dd::NoiseSchedule& sampled) {
+  const auto tokens = torch::zeros({1, 1}, torch::kInt64);
+  return [=](const torch::Tensor& x, const torch::Tensor& t) {
+    return dd::guided_eps_model(network, tokens.expand({x.size(0), 1}), tokens.expand({x.size(0), 1}), 1.0,
+                                dd::Prediction::kFlow, sampled)(x, t);
+  };
+}
+}  // namespace
+
+TEST(RectifiedFlow, FlowEulerIsDdimOnTheSameTimesteps) {
+  // Both move along the line through x0-hat and eps-hat; only the coordinates differ.
+  const auto x_T = start_noise(16);
+  for (const auto& schedule : {dd::linear_schedule(kT), dd::make_schedule("flow", kT, false, 3.0)}) {
+    const auto model = gaussian_optimal_eps(dd::with_finite_terminal_snr(schedule));
+    for (const char* spacing : {"trailing", "linspace"}) {
+      dd::PerImageNoise n1(seeds(16)), n2(seeds(16));
+      const auto flow = dd::run_sampler(spec_of("flow-euler", 12, spacing), model, x_T.clone(), schedule, n1);
+      const auto ddim = dd::run_sampler(spec_of("ddim", 12, spacing), model, x_T.clone(), schedule, n2);
+      EXPECT_LT(max_abs(flow - ddim), 1e-9) << spacing;
+    }
+  }
+  // The default spacing is trailing: on the flow schedule, SD3's shifted uniform grid from pure noise.
+  const auto flow = dd::make_schedule("flow", kT, false, 3.0);
+  const auto ts = dd::sampler_timesteps(spec_of("flow-heun", 10), flow);
+  ASSERT_EQ(ts.size(), 10u);
+  for (size_t i = 0; i < ts.size(); ++i) EXPECT_EQ(ts[i], kT - 1 - static_cast<int64_t>(i) * 100);
+  EXPECT_EQ(dd::sampler_nfe(spec_of("flow-heun", 10), flow), 19);
+  EXPECT_EQ(dd::sampler_nfe(spec_of("flow-euler", 10), flow), 10);
+}
+
+TEST(RectifiedFlow, EulerAndHeunLandOnTheExactMapAtTheirOrders) {
+  for (const double shift : {1.0, 3.0}) {
+    const auto trained = dd::make_schedule("flow", kT, false, shift);
+    const auto sampled = dd::with_finite_terminal_snr(trained);
+    const auto x_T = start_noise(64);
+    // The network of the schedule sampling reads (s_{T-1} just below 1), so the exact map starts there.
+    const auto model = as_flow_model(
+        gaussian_flow_network([&](int64_t t) { return dd::flow_sigma(sampled.alpha_bar(t)); }), sampled);
+    const double s0 = dd::flow_sigma(sampled.alpha_bar(kT - 1));
+    const double c0 = dd::flow_input_scale(sampled.alpha_bar(kT - 1));
+    const auto exact = kMu + kS * (c0 * x_T - (1 - s0) * kMu) / std::sqrt((1 - s0) * (1 - s0) * kS * kS + s0 * s0);
+    for (const auto& [name, order] : {std::pair<const char*, double>{"flow-euler", 1}, {"flow-heun", 2}}) {
+      std::vector<double> errs;
+      for (int64_t steps : {10, 20, 40}) {
+        dd::PerImageNoise noise(seeds(64));
+        const auto out = dd::run_sampler(spec_of(name, steps), model, x_T.clone(), trained, noise);
+        errs.push_back(max_abs(out - exact));
+        std::printf("[ rectified flow shift %.0f ] %-10s steps %2ld max |x0 - exact| %.2e\n", shift, name,
+                    static_cast<long>(steps), errs.back());
+      }
+      for (size_t i = 1; i < errs.size(); ++i)
+        EXPECT_LT(errs[i], errs[i - 1] / (0.7 * std::pow(2.0, order))) << name << " shift " << shift;
+      // At 40 steps: the terminal Euler step from s ~ 1/40 (shift 1) or 3/40 (shift 3) to 0 sets the floor.
+      EXPECT_LT(errs.back(), order == 1 ? 0.1 : 0.02) << name << " shift " << shift;
+    }
+    // The network trained on s_{T-1} = 1 exactly (what training shows it): the first step's tiny mismatch moves
+    // x0 by far less than a pixel level (1/127.5).
+    const auto trained_model = as_flow_model(gaussian_flow_network([&](int64_t t) { return sd3_sigma(t, shift); }),
+                                             sampled);
+    dd::PerImageNoise n1(seeds(64)), n2(seeds(64));
+    const auto as_trained = dd::run_sampler(spec_of("flow-heun", 40), trained_model, x_T.clone(), trained, n1);
+    const auto as_sampled = dd::run_sampler(spec_of("flow-heun", 40), model, x_T.clone(), trained, n2);
+    EXPECT_LT(max_abs(as_trained - as_sampled), 2e-3) << "shift " << shift;
+    // The DDPM family runs on the same flow model and converges to the same map.
+    for (const char* other : {"ddim", "dpm-solver++2m", "heun"}) {
+      double previous = 0;
+      for (int64_t steps : {20, 40}) {
+        dd::PerImageNoise n(seeds(64));
+        const double err = max_abs(dd::run_sampler(spec_of(other, steps), model, x_T.clone(), trained, n) - exact);
+        if (previous > 0) EXPECT_LT(err, previous / 1.4) << other << " shift " << shift;
+        previous = err;
+      }
+      EXPECT_LT(previous, 0.1) << other << " shift " << shift;
     }
   }
 }

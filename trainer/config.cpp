@@ -71,6 +71,7 @@ void visit_config_fields(Config& c, Visitor&& v) {
   v("model.text_null", c.model.text_null);
   v("diffusion.timesteps", c.diffusion.timesteps);
   v("diffusion.schedule", c.diffusion.schedule);
+  v("diffusion.flow_shift", c.diffusion.flow_shift);
   v("diffusion.zero_terminal_snr", c.diffusion.zero_terminal_snr);
   v("diffusion.prediction", c.diffusion.prediction);
   v("diffusion.loss_weighting", c.diffusion.loss_weighting);
@@ -78,6 +79,8 @@ void visit_config_fields(Config& c, Visitor&& v) {
   v("diffusion.timestep_sampling", c.diffusion.timestep_sampling);
   v("diffusion.lognormal_mean", c.diffusion.lognormal_mean);
   v("diffusion.lognormal_std", c.diffusion.lognormal_std);
+  v("diffusion.logit_normal_mean", c.diffusion.logit_normal_mean);
+  v("diffusion.logit_normal_std", c.diffusion.logit_normal_std);
   v("diffusion.offset_noise", c.diffusion.offset_noise);
   v("train.batch_size", c.train.batch_size);
   v("train.grad_accum_steps", c.train.grad_accum_steps);
@@ -666,19 +669,32 @@ void validate_config(const Config& c) {
   validate_autoencoder(c);
   require(c.diffusion.timesteps >= 2 && c.diffusion.timesteps <= kMaxTimesteps, "diffusion.timesteps",
           c.diffusion.timesteps, "in [2, 100000]");
-  require(c.diffusion.schedule == "linear" || c.diffusion.schedule == "cosine", "diffusion.schedule",
-          c.diffusion.schedule, "linear or cosine");
+  require(c.diffusion.schedule == "linear" || c.diffusion.schedule == "cosine" || c.diffusion.schedule == "flow",
+          "diffusion.schedule", c.diffusion.schedule, "linear, cosine or flow");
+  require(c.diffusion.flow_shift > 0 && c.diffusion.flow_shift <= 100, "diffusion.flow_shift", c.diffusion.flow_shift,
+          "in (0, 100] (SD3 uses 3.0 at 1024 px; 1 = no shift)");
+  require(c.diffusion.flow_shift == 1.0 || c.diffusion.schedule == "flow", "diffusion.flow_shift",
+          c.diffusion.flow_shift, "1 unless diffusion.schedule = flow (only the flow schedule is shifted)");
   require(!c.diffusion.zero_terminal_snr || c.diffusion.prediction != "eps", "diffusion.prediction",
-          c.diffusion.prediction, "v or x0 with diffusion.zero_terminal_snr (at alpha_bar = 0 the input is pure noise "
-          "and eps = x_t carries nothing about the image; Lin et al. 2023 train v)");
-  require(c.diffusion.prediction == "eps" || c.diffusion.prediction == "v" || c.diffusion.prediction == "x0",
-          "diffusion.prediction", c.diffusion.prediction, "eps, v or x0");
+          c.diffusion.prediction, "v, x0 or flow with diffusion.zero_terminal_snr (at alpha_bar = 0 the input is pure "
+          "noise and eps = x_t carries nothing about the image; Lin et al. 2023 train v)");
+  require(c.diffusion.schedule != "flow" || c.diffusion.prediction != "eps", "diffusion.prediction",
+          c.diffusion.prediction, "flow, v or x0 with diffusion.schedule = flow (it ends in pure noise, where eps = x_t "
+          "carries nothing about the image; rectified flow predicts the velocity: diffusion.prediction = flow)");
+  require(c.diffusion.prediction == "eps" || c.diffusion.prediction == "v" || c.diffusion.prediction == "x0" ||
+              c.diffusion.prediction == "flow",
+          "diffusion.prediction", c.diffusion.prediction, "eps, v, x0 or flow");
   require(c.diffusion.loss_weighting == "uniform" || c.diffusion.loss_weighting == "min_snr",
           "diffusion.loss_weighting", c.diffusion.loss_weighting, "uniform or min_snr");
   require(c.diffusion.min_snr_gamma > 0 && c.diffusion.min_snr_gamma <= 1e4, "diffusion.min_snr_gamma",
           c.diffusion.min_snr_gamma, "in (0, 10000] (Hang et al. use 5)");
-  require(c.diffusion.timestep_sampling == "uniform" || c.diffusion.timestep_sampling == "lognormal",
-          "diffusion.timestep_sampling", c.diffusion.timestep_sampling, "uniform or lognormal");
+  require(c.diffusion.timestep_sampling == "uniform" || c.diffusion.timestep_sampling == "lognormal" ||
+              c.diffusion.timestep_sampling == "logit_normal",
+          "diffusion.timestep_sampling", c.diffusion.timestep_sampling, "uniform, lognormal or logit_normal");
+  require(c.diffusion.logit_normal_mean >= -20 && c.diffusion.logit_normal_mean <= 20, "diffusion.logit_normal_mean",
+          c.diffusion.logit_normal_mean, "in [-20, 20] (logit of t/T; SD3 uses 0)");
+  require(c.diffusion.logit_normal_std > 0 && c.diffusion.logit_normal_std <= 20, "diffusion.logit_normal_std",
+          c.diffusion.logit_normal_std, "in (0, 20] (SD3 uses 1)");
   require(c.diffusion.lognormal_mean >= -20 && c.diffusion.lognormal_mean <= 20, "diffusion.lognormal_mean",
           c.diffusion.lognormal_mean, "in [-20, 20] (ln sigma; EDM uses -1.2)");
   require(c.diffusion.lognormal_std > 0 && c.diffusion.lognormal_std <= 20, "diffusion.lognormal_std",

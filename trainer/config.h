@@ -81,17 +81,21 @@ struct ModelConfig {
 
 struct DiffusionConfig {
   int64_t timesteps = 1000;
-  std::string schedule = "linear";  // linear | cosine
+  std::string schedule = "linear";  // linear | cosine | flow (rectified flow, diffusion/schedule.h)
+  // SD3's timestep shift of the flow schedule (Esser et al. 2024, eq. 23): s = shift u / (1 + (shift - 1) u).
+  double flow_shift = 1.0;
   // Lin et al. 2023 (arXiv 2305.08891): the schedule rescaled so alpha_bar_{T-1} = 0 (needs prediction v or x0).
   bool zero_terminal_snr = false;
-  std::string prediction = "eps";   // eps | v | x0
+  std::string prediction = "eps";   // eps | v | x0 | flow (velocity eps - x0 on x_flow, diffusion/objective.h)
   // How the training loss weighs and samples timesteps (diffusion/loss_weighting.h); training
   // choices only, so they may change on resume.
   std::string loss_weighting = "uniform";      // uniform | min_snr
   double min_snr_gamma = 5.0;                  // Min-SNR-γ's clamp (Hang et al. 2023: 5)
-  std::string timestep_sampling = "uniform";   // uniform | lognormal
+  std::string timestep_sampling = "uniform";   // uniform | lognormal | logit_normal
   double lognormal_mean = -1.2;                // ln σ ~ N(mean, std²) (EDM: P_mean = -1.2, P_std = 1.2)
   double lognormal_std = 1.2;
+  double logit_normal_mean = 0.0;              // logit(t/T) ~ N(mean, std²) (SD3: 0 and 1)
+  double logit_normal_std = 1.0;
   double offset_noise = 0.0;                   // std of a per-image, per-channel constant added to the noise
 };
 

@@ -28,7 +28,8 @@ bool is_geometry_key(const std::string& key) {
   // How the loss weighs and samples timesteps, and offset noise: training choices, the network means the same.
   static const std::set<std::string> training{"diffusion.loss_weighting",  "diffusion.min_snr_gamma",
                                               "diffusion.timestep_sampling", "diffusion.lognormal_mean",
-                                              "diffusion.lognormal_std",   "diffusion.offset_noise"};
+                                              "diffusion.lognormal_std",   "diffusion.offset_noise",
+                                              "diffusion.logit_normal_mean", "diffusion.logit_normal_std"};
   if (training.count(key)) return false;
   return key.rfind("model.", 0) == 0 || key.rfind("diffusion.", 0) == 0;
 }

@@ -174,13 +174,19 @@ void train(const Config& given_config, MpiSession& session, const TrainingHooks&
 
   if (metrics) metrics->start(state.step, state.images_seen);  // pushes state running
 
-  const auto schedule = diffusion::make_schedule(config.diffusion.schedule, config.diffusion.timesteps, config.diffusion.zero_terminal_snr);
+  const auto schedule = diffusion::make_schedule(config.diffusion.schedule, config.diffusion.timesteps,
+                                                config.diffusion.zero_terminal_snr, config.diffusion.flow_shift);
   const auto prediction = diffusion::parse_prediction(config.diffusion.prediction);
   const auto weighting = diffusion::parse_loss_weighting(config.diffusion.loss_weighting);
   std::function<int64_t(double)> timestep_of_normal;  // empty: uniform timesteps
   if (config.diffusion.timestep_sampling == "lognormal") {
     timestep_of_normal = [&schedule, &config](double z) {
       return diffusion::lognormal_timestep(schedule, z, config.diffusion.lognormal_mean, config.diffusion.lognormal_std);
+    };
+  } else if (config.diffusion.timestep_sampling == "logit_normal") {
+    timestep_of_normal = [&schedule, &config](double z) {
+      return diffusion::logit_normal_timestep(schedule.timesteps, z, config.diffusion.logit_normal_mean,
+                                              config.diffusion.logit_normal_std);
     };
   }
   // The UNet's input: images, or latents (c, h, h) with data.latents.
@@ -223,7 +229,8 @@ void train(const Config& given_config, MpiSession& session, const TrainingHooks&
     }
     auto t = draws.timesteps.to(device);
     auto noise = draws.noise.to(device);
-    auto x_t = diffusion::q_sample(schedule, x0, t, noise);
+    // For a flow model the input is x_flow = (1 - s) x0 + s eps, the VP point scaled (diffusion/objective.h).
+    auto x_t = diffusion::network_input(prediction, schedule, diffusion::q_sample(schedule, x0, t, noise), t);
     auto target = diffusion::training_target(prediction, schedule, x0, noise, t);
 
     torch::Tensor output;
