@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "model/activation_checkpoint.h"
+#include "model/group_norm_silu.h"
 #include "model/norm_fp32.h"
 #include "model/onednn_conv.h"
 
@@ -49,17 +50,17 @@ ResBlockImpl::ResBlockImpl(int64_t in, int64_t out, int64_t embedding_dim, int64
 }
 
 torch::Tensor ResBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& embedding) {
-  auto h = conv2d_3x3(*conv1, torch::silu(norm_in_fp32(norm1, x)));
+  auto h = conv2d_3x3(*conv1, group_norm_silu(*norm1, x));
   auto projected = embedding_proj(torch::silu(embedding)).unsqueeze(-1).unsqueeze(-1);
   if (scale_shift_norm) {
     // Adaptive group normalisation (Dhariwal & Nichol 2021, sec. 3): GroupNorm(h) (1 + scale) + shift.
     auto scale_shift = projected.chunk(2, 1);
-    h = norm_in_fp32(norm2, h) * (1 + scale_shift[0]) + scale_shift[1];
+    h = group_norm_silu(*norm2, h, scale_shift[0], scale_shift[1]);
   } else {
     // The embedding added to the features (Ho et al. 2020, appendix B; SD's ResnetBlock2D).
-    h = norm_in_fp32(norm2, h + projected);
+    h = group_norm_silu(*norm2, h + projected);
   }
-  h = conv2d_3x3(*conv2, dropout(torch::silu(h)));
+  h = conv2d_3x3(*conv2, dropout(h));
   return (skip ? skip(x) : x) + h;
 }
 
@@ -252,7 +253,7 @@ torch::Tensor UNetImpl::forward(const torch::Tensor& x_t, const torch::Tensor& t
       h = conv2d_3x3(*upsamplers[levels - 1 - level]->as<torch::nn::Conv2dImpl>(), h);
     }
   }
-  return conv2d_3x3(*conv_out, torch::silu(norm_in_fp32(norm_out, h)));
+  return conv2d_3x3(*conv_out, group_norm_silu(*norm_out, h));
 }
 
 }  // namespace difftrain::model
