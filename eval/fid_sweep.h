@@ -48,7 +48,8 @@ struct SweepOptions {
   std::string extractor;               // TorchScript feature extractor
   std::string reference;               // stats .h5, shard directory or sample folder
   std::vector<std::string> samplers = {"ddpm", "ddpm-naive", "ddpm-respaced", "ddim", "dpm-solver-2",
-                                       "dpm-solver-3", "dpm-solver++2m", "euler", "heun"};
+                                       "dpm-solver-3", "dpm-solver++2m", "euler", "heun", "flow-euler",
+                                       "flow-heun"};
   std::vector<int64_t> steps = {10, 25, 50};
   std::vector<double> guidance = {1.0, 3.0};
   std::vector<double> eta = {0.0};     // ddim: one point per value (its own line); other samplers take none

@@ -25,21 +25,30 @@ for needed in "$data/train32" "$data/test32" "$data/features32.pt" "$data/test32
 done
 mkdir -p "$out"
 
+# Every variant names its prediction, loss weighting and timestep law: the config's own are v + Min-SNR.
+u="diffusion.loss_weighting=uniform"
 declare -A variants=(
-  [baseline]="diffusion.prediction=eps diffusion.loss_weighting=uniform"  # Ho et al.'s L_simple
-  [min-snr]="diffusion.loss_weighting=min_snr"
-  [v]="diffusion.prediction=v"
+  [baseline]="diffusion.prediction=eps $u"  # Ho et al.'s L_simple
+  [min-snr]="diffusion.prediction=eps diffusion.loss_weighting=min_snr"
+  [v]="diffusion.prediction=v $u"
   [v-min-snr]="diffusion.prediction=v diffusion.loss_weighting=min_snr"
   [x0-min-snr]="diffusion.prediction=x0 diffusion.loss_weighting=min_snr"
-  [lognormal]="diffusion.timestep_sampling=lognormal"
-  [offset-noise]="diffusion.offset_noise=0.1"
+  [lognormal]="diffusion.prediction=eps $u diffusion.timestep_sampling=lognormal"
+  [offset-noise]="diffusion.prediction=eps $u diffusion.offset_noise=0.1"
   [v-min-snr-lognormal]="diffusion.prediction=v diffusion.loss_weighting=min_snr diffusion.timestep_sampling=lognormal"
-  [v-zero-snr]="diffusion.prediction=v diffusion.zero_terminal_snr=true"
+  [v-zero-snr]="diffusion.prediction=v $u diffusion.zero_terminal_snr=true"
   [v-min-snr-zero-snr]="diffusion.prediction=v diffusion.loss_weighting=min_snr diffusion.zero_terminal_snr=true"
+  # Rectified flow (Esser et al. 2024): the straight path, velocity target; uniform t as Liu et al., SD3's
+  # logit-normal t, and each with Min-SNR-5.
+  [flow]="diffusion.schedule=flow diffusion.prediction=flow $u"
+  [flow-logit-normal]="diffusion.schedule=flow diffusion.prediction=flow $u diffusion.timestep_sampling=logit_normal"
+  [flow-min-snr]="diffusion.schedule=flow diffusion.prediction=flow diffusion.loss_weighting=min_snr"
+  [flow-min-snr-logit-normal]="diffusion.schedule=flow diffusion.prediction=flow diffusion.loss_weighting=min_snr diffusion.timestep_sampling=logit_normal"
   # The same training as v-min-snr, with EDM2's two EMA profiles kept and snapshotted for ema-reconstruct.
   [v-min-snr-profiles]="diffusion.prediction=v diffusion.loss_weighting=min_snr train.ema_profiles=[0.05,0.1] train.ema_snapshot_every=300"
 )
-order=(baseline min-snr v v-min-snr x0-min-snr lognormal offset-noise v-min-snr-lognormal v-zero-snr v-min-snr-zero-snr)
+order=(baseline min-snr v v-min-snr x0-min-snr lognormal offset-noise v-min-snr-lognormal v-zero-snr v-min-snr-zero-snr
+       flow flow-logit-normal flow-min-snr flow-min-snr-logit-normal)
 [[ $# -gt 0 ]] && order=("$@")
 
 seconds() { /usr/bin/python3 -c 'import time; print(f"{time.time():.3f}")'; }
