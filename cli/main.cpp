@@ -79,7 +79,7 @@ TrainingHooks training_hooks(const Config& config) {
     return source;
   };
   if (!config.eval.prompts.empty()) {
-    const auto sampler = diffusion::evaluation_spec(config.eval.sampler, config.eval.steps);
+    const auto sampler = diffusion::evaluation_spec(config.eval.sampler, config.eval.steps, 0.0, !config.data.latents);
     // With precomputed conditioning the prompts are embedded now, by eval.text_encoder.
     auto prompts = std::make_shared<eval::PromptSet>(eval::training_validation_prompt_set(config));
     hooks.validation = [config, sampler, prompts, ema_source](model::UNet& ema, int64_t step) {
@@ -101,7 +101,8 @@ TrainingHooks training_hooks(const Config& config) {
   auto prompts = std::make_shared<eval::PromptSet>(eval::training_fid_prompt_set(config, &prompt_source));
   spdlog::info("eval: FID prompts from {} ({} prompts)", prompt_source, prompts->size());
   hooks.fid = [config, extractor, reference, prompts, ema_source](model::UNet& ema, Communicator& comm) {
-    const eval::FidPoint point{diffusion::evaluation_spec(config.eval.sampler, config.eval.steps), config.eval.guidance};
+    const eval::FidPoint point{diffusion::evaluation_spec(config.eval.sampler, config.eval.steps, 0.0, !config.data.latents),
+                               config.eval.guidance};
     const auto source = ema_source(ema);
     return eval::fid_point(source, point, *prompts, config.eval.samples, 0, config.eval.batch_size, *extractor,
                            reference, &comm)
@@ -319,7 +320,7 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember(diffusion::spacing_names()));
   sample->add_option("--variance", variance, "ddpm family: posterior (beta-tilde) or beta")
       ->check(CLI::IsMember({"posterior", "beta"}));
-  sample->add_option("--clip", clip_choice, "clip predicted x0 to [-1, 1]: auto (where the sampler forms x0), on, off")
+  sample->add_option("--clip", clip_choice, "clip predicted x0 to [-1, 1]: auto (where the sampler forms x0, pixel models only), on, off")
       ->check(CLI::IsMember({"auto", "on", "off"}));
   sample->add_option("--guidance", so.guidance, "guidance scale(s) w: 1 = none, 0 = unconditional");
   sample->add_option("--images-per-prompt", so.images_per_prompt, "images per prompt (all images of a call: at most 1e6)");
@@ -479,6 +480,7 @@ int main(int argc, char** argv) {
       }
       so.sampler.variance = variance == "beta" ? diffusion::DdpmVariance::kBeta : diffusion::DdpmVariance::kPosterior;
       so.sampler.clip_x0 = clip_choice == "on" || (clip_choice == "auto" && diffusion::supports_clip(so.sampler.name));
+      so.clip_auto = clip_choice == "auto";
       // Left by an exception, it pushes state failed.
       auto push = sample_push.open(so.out_dir, 0);
       so.push = push.get();

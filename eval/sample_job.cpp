@@ -154,17 +154,19 @@ SampleResult run_sample_job(const SampleOptions& o) {
       with_precision(o.model_file.empty() ? load_checkpoint_denoiser(o.checkpoint, o.vae_decoder)
                                           : load_torchscript_denoiser(o.model_file, o.image_size, o.max_tokens),
                      o.precision);
-  if (o.sampler.name != "ddpm" && o.sampler.steps > source.schedule.timesteps)
-    bad_option("--steps", std::to_string(o.sampler.steps),
+  diffusion::SamplerSpec sampler = o.sampler;
+  if (o.clip_auto) sampler.clip_x0 = diffusion::evaluation_spec(sampler.name, sampler.steps, sampler.eta, !source.latents).clip_x0;
+  if (sampler.name != "ddpm" && sampler.steps > source.schedule.timesteps)
+    bad_option("--steps", std::to_string(sampler.steps),
                "at most the model's " + std::to_string(source.schedule.timesteps) + " timesteps (" +
                    source.description + ")");
-  diffusion::validate(o.sampler, source.schedule);
+  diffusion::validate(sampler, source.schedule);
   const PromptSet prompts = sample_prompts(o, source);
-  const int64_t steps = static_cast<int64_t>(diffusion::sampler_timesteps(o.sampler, source.schedule).size());
-  const int64_t nfe = diffusion::sampler_nfe(o.sampler, source.schedule);
+  const int64_t steps = static_cast<int64_t>(diffusion::sampler_timesteps(sampler, source.schedule).size());
+  const int64_t nfe = diffusion::sampler_nfe(sampler, source.schedule);
   const int64_t H = output_size(source), C = output_channels(source);
   spdlog::info("sampling {} prompts x {} images x {} guidance scale(s) with {} ({} steps, {} NFE) from {}",
-               prompts.size(), o.images_per_prompt, o.guidance.size(), o.sampler.name, steps, nfe,
+               prompts.size(), o.images_per_prompt, o.guidance.size(), sampler.name, steps, nfe,
                source.description);
 
   fs::create_directories(o.out_dir);
@@ -174,7 +176,7 @@ SampleResult run_sample_job(const SampleOptions& o) {
   // The one place images are made from prompts (a latent model's are decoded in generate_prompt_images).
   const auto make_pixels = [&](double w, const std::vector<int64_t>& indices, const std::vector<uint64_t>& seeds,
                                const std::function<void(double)>& on_step) {
-    return tensor_to_images(generate_prompt_images(source, o.sampler, w, prompts, indices, seeds, on_step));
+    return tensor_to_images(generate_prompt_images(source, sampler, w, prompts, indices, seeds, on_step));
   };
   const int64_t all_images = per_scale * static_cast<int64_t>(o.guidance.size());
   for (double w : o.guidance) {
@@ -206,7 +208,7 @@ SampleResult run_sample_job(const SampleOptions& o) {
         std::snprintf(name, sizeof(name), "%s-%05lld.png", guidance_tag(w).c_str(),
                       static_cast<long long>(start + k));
         write_png((fs::path(o.out_dir) / name).string(), img);
-        manifest.push_back({name, captions[k], seeds[k], o.sampler.name, steps, w});
+        manifest.push_back({name, captions[k], seeds[k], sampler.name, steps, w});
         images.push_back(std::move(img));
         labels.push_back(captions[k]);
       }

@@ -31,6 +31,9 @@ struct SampleOptions {
   std::string tokenizer;            // "" = bytes; only with text_encoder
   std::string prompt_embeddings;
   diffusion::SamplerSpec sampler{"ddim", 25};  // diffusion/sampler_registry.h
+  // `--clip auto`: sampler.clip_x0 as evaluation_spec gives it, i.e. dropped for a latent model (latents are
+  // not confined to [-1, 1]); false: sampler.clip_x0 as set (`--clip on|off`).
+  bool clip_auto = false;
   std::vector<double> guidance = {3.0};
   int64_t images_per_prompt = 1;
   uint64_t seed = 0;                // image i gets seed + i

@@ -25,23 +25,24 @@ for needed in "$data/train32" "$data/test32" "$data/features32.pt" "$data/test32
 done
 mkdir -p "$out"
 
-# Every variant names its prediction, loss weighting and timestep law: the config's own are v + Min-SNR.
-u="diffusion.loss_weighting=uniform"
+# Every run starts from the same objective, whatever the config file says (it trains the winner below),
+# and each variant changes only its own keys.
+base="diffusion.schedule=cosine diffusion.prediction=eps diffusion.loss_weighting=uniform diffusion.timestep_sampling=uniform"
 declare -A variants=(
-  [baseline]="diffusion.prediction=eps $u"  # Ho et al.'s L_simple
-  [min-snr]="diffusion.prediction=eps diffusion.loss_weighting=min_snr"
-  [v]="diffusion.prediction=v $u"
+  [baseline]=""  # Ho et al.'s L_simple
+  [min-snr]="diffusion.loss_weighting=min_snr"
+  [v]="diffusion.prediction=v"
   [v-min-snr]="diffusion.prediction=v diffusion.loss_weighting=min_snr"
   [x0-min-snr]="diffusion.prediction=x0 diffusion.loss_weighting=min_snr"
-  [lognormal]="diffusion.prediction=eps $u diffusion.timestep_sampling=lognormal"
-  [offset-noise]="diffusion.prediction=eps $u diffusion.offset_noise=0.1"
+  [lognormal]="diffusion.timestep_sampling=lognormal"
+  [offset-noise]="diffusion.offset_noise=0.1"
   [v-min-snr-lognormal]="diffusion.prediction=v diffusion.loss_weighting=min_snr diffusion.timestep_sampling=lognormal"
-  [v-zero-snr]="diffusion.prediction=v $u diffusion.zero_terminal_snr=true"
+  [v-zero-snr]="diffusion.prediction=v diffusion.zero_terminal_snr=true"
   [v-min-snr-zero-snr]="diffusion.prediction=v diffusion.loss_weighting=min_snr diffusion.zero_terminal_snr=true"
   # Rectified flow (Esser et al. 2024): the straight path, velocity target; uniform t as Liu et al., SD3's
   # logit-normal t, and each with Min-SNR-5.
-  [flow]="diffusion.schedule=flow diffusion.prediction=flow $u"
-  [flow-logit-normal]="diffusion.schedule=flow diffusion.prediction=flow $u diffusion.timestep_sampling=logit_normal"
+  [flow]="diffusion.schedule=flow diffusion.prediction=flow"
+  [flow-logit-normal]="diffusion.schedule=flow diffusion.prediction=flow diffusion.timestep_sampling=logit_normal"
   [flow-min-snr]="diffusion.schedule=flow diffusion.prediction=flow diffusion.loss_weighting=min_snr"
   [flow-min-snr-logit-normal]="diffusion.schedule=flow diffusion.prediction=flow diffusion.loss_weighting=min_snr diffusion.timestep_sampling=logit_normal"
   # The same training as v-min-snr, with EDM2's two EMA profiles kept and snapshotted for ema-reconstruct.
@@ -55,16 +56,21 @@ seconds() { /usr/bin/python3 -c 'import time; print(f"{time.time():.3f}")'; }
 for label in "${order[@]}"; do
   [[ -v "variants[$label]" ]] || { echo "unknown variant $label (known: ${!variants[*]})" >&2; exit 1; }
   [[ -e $out/$label/done ]] && { echo "== $label: done before, kept"; continue; }
-  echo "== $label: ${variants[$label]}"
+  # The variant's keys replace the base's (a key set twice on the command line is an error).
+  # shellcheck disable=SC2206  # the variant's overrides are words
+  overrides=(${variants[$label]})
+  for kv in $base; do
+    [[ " ${overrides[*]%%=*} " == *" ${kv%%=*} "* ]] || overrides=("$kv" "${overrides[@]}")
+  done
+  echo "== $label: ${overrides[*]}"
   rm -rf "${out:?}/$label"
   t=$(seconds)
-  # shellcheck disable=SC2086  # the variant's overrides are words
   launch/mpirun.sh -np 2 "$bin" train --config configs/fashion_mnist_latent.yaml "run.dir=$out/$label" \
     monitoring.enabled=false "data.dir=$data/train32" train.batch_size=16 "train.max_steps=$steps" \
     checkpoint.every=100000 "eval.every=$every" "eval.samples=$samples" eval.batch_size=100 \
     "eval.extractor=$data/features32.pt" "eval.reference=$data/test32-fid-reference.h5" \
     "eval.captions=$data/test32" "eval.vae_decoder=$decoder" "eval.prompts=[]" eval.prompts_every=0 \
-    ${variants[$label]} > "$out/$label.log" 2>&1
+    "${overrides[@]}" > "$out/$label.log" 2>&1
   echo "$label $(/usr/bin/python3 -c "print(round($(seconds) - $t, 1))")" >> "$out/seconds.txt"
   touch "$out/$label/done"
   grep "FID" "$out/$label.log" | tail -1

@@ -665,3 +665,10 @@ TEST(RectifiedFlow, EulerAndHeunLandOnTheExactMapAtTheirOrders) {
     }
   }
 }
+
+TEST(Registry, EvaluationSpecClipsOnlyUnitRangeData) {
+  EXPECT_TRUE(dd::evaluation_spec("ddim", 10).clip_x0);  // pixels in [-1, 1]: guided-diffusion's clip_denoised
+  EXPECT_FALSE(dd::evaluation_spec("ddim", 10, 0.0, /*unit_range_data=*/false).clip_x0);  // latents
+  EXPECT_FALSE(dd::evaluation_spec("dpm-solver++2m", 10, 0.0, false).clip_x0);
+  EXPECT_FALSE(dd::evaluation_spec("flow-euler", 10).clip_x0);  // never forms x0-hat mid-run as an output
+}
