@@ -79,7 +79,9 @@ TrainingHooks training_hooks(const Config& config) {
     return source;
   };
   if (!config.eval.prompts.empty()) {
-    const auto sampler = diffusion::evaluation_spec(config.eval.sampler, config.eval.steps, 0.0, !config.data.latents);
+    const auto sampler = diffusion::evaluation_spec(
+        config.eval.sampler, config.eval.steps, 0.0,
+        diffusion::clip_by_default(diffusion::parse_prediction(config.diffusion.prediction), config.data.latents));
     // With precomputed conditioning the prompts are embedded now, by eval.text_encoder.
     auto prompts = std::make_shared<eval::PromptSet>(eval::training_validation_prompt_set(config));
     hooks.validation = [config, sampler, prompts, ema_source](model::UNet& ema, int64_t step) {
@@ -101,7 +103,9 @@ TrainingHooks training_hooks(const Config& config) {
   auto prompts = std::make_shared<eval::PromptSet>(eval::training_fid_prompt_set(config, &prompt_source));
   spdlog::info("eval: FID prompts from {} ({} prompts)", prompt_source, prompts->size());
   hooks.fid = [config, extractor, reference, prompts, ema_source](model::UNet& ema, Communicator& comm) {
-    const eval::FidPoint point{diffusion::evaluation_spec(config.eval.sampler, config.eval.steps, 0.0, !config.data.latents),
+    const eval::FidPoint point{diffusion::evaluation_spec(
+        config.eval.sampler, config.eval.steps, 0.0,
+        diffusion::clip_by_default(diffusion::parse_prediction(config.diffusion.prediction), config.data.latents)),
                                config.eval.guidance};
     const auto source = ema_source(ema);
     return eval::fid_point(source, point, *prompts, config.eval.samples, 0, config.eval.batch_size, *extractor,
@@ -320,7 +324,7 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember(diffusion::spacing_names()));
   sample->add_option("--variance", variance, "ddpm family: posterior (beta-tilde) or beta")
       ->check(CLI::IsMember({"posterior", "beta"}));
-  sample->add_option("--clip", clip_choice, "clip predicted x0 to [-1, 1]: auto (where the sampler forms x0, pixel models only), on, off")
+  sample->add_option("--clip", clip_choice, "clip predicted x0 to [-1, 1]: auto (where the sampler forms x0, for pixel models and eps-prediction latent models), on, off")
       ->check(CLI::IsMember({"auto", "on", "off"}));
   sample->add_option("--guidance", so.guidance, "guidance scale(s) w: 1 = none, 0 = unconditional");
   sample->add_option("--images-per-prompt", so.images_per_prompt, "images per prompt (all images of a call: at most 1e6)");

@@ -12,6 +12,10 @@ Prediction parse_prediction(const std::string& name) {
   throw std::invalid_argument("unknown prediction '" + name + "' (expected eps, v, x0 or flow)");
 }
 
+bool clip_by_default(Prediction prediction, bool latent_data) {
+  return !latent_data || prediction == Prediction::kEps;
+}
+
 torch::Tensor training_target(Prediction prediction, const NoiseSchedule& schedule, const torch::Tensor& x0,
                               const torch::Tensor& noise, const torch::Tensor& t) {
   if (prediction == Prediction::kEps) return noise;

@@ -30,6 +30,14 @@ torch::Tensor training_target(Prediction prediction, const NoiseSchedule& schedu
 torch::Tensor network_input(Prediction prediction, const NoiseSchedule& schedule, const torch::Tensor& x_t,
                             const torch::Tensor& t);
 
+// Whether sampling clips x0-hat to [-1, 1] by default (guided-diffusion's clip_denoised): for pixel data,
+// whose range it is, it keeps strongly guided samples from saturating. A latent model's data are not confined
+// to [-1, 1] and clipping distorts them (Stable Diffusion's schedulers never clip), except that an eps-model's
+// x0-hat = (x_t - sqrt(1 - a) eps-hat) / sqrt(a) amplifies its error by 1/sqrt(a) at the first steps (2e4 at
+// the cosine schedule's t = T-1), where the clip is what keeps the sample finite-looking. So: pixels always,
+// latents only for eps-prediction (v, x0 and flow form x0-hat without that amplification).
+bool clip_by_default(Prediction prediction, bool latent_data);
+
 // Converts a network output at x_t into eps-hat, the form every sampler consumes.
 torch::Tensor output_to_eps(Prediction prediction, const NoiseSchedule& schedule, const torch::Tensor& output,
                             const torch::Tensor& x_t, const torch::Tensor& t);

@@ -61,12 +61,12 @@ std::vector<std::string> sampler_names() {
 
 bool supports_clip(const std::string& name) { return info_of(name).takes_clip; }
 
-SamplerSpec evaluation_spec(const std::string& name, int64_t steps, double eta, bool unit_range_data) {
+SamplerSpec evaluation_spec(const std::string& name, int64_t steps, double eta, bool clip) {
   SamplerSpec spec;
   spec.name = name;
   spec.steps = steps;
   spec.eta = info_of(name).takes_eta ? eta : 0.0;
-  spec.clip_x0 = unit_range_data && supports_clip(name);
+  spec.clip_x0 = clip && supports_clip(name);
   return spec;
 }
 

@@ -32,12 +32,10 @@ std::vector<std::string> sampler_names();
 std::vector<std::string> spacing_names();
 // Whether the sampler forms x0-hat mid-run, so clip_x0 applies (throws for an unknown name).
 bool supports_clip(const std::string& name);
-// The evaluation default used by `sample`, the FID sweep and training-time FID: x0-hat clipped to
-// the data range [-1, 1] wherever the sampler forms it (guided-diffusion's clip_denoised), which keeps
-// strongly guided samples from saturating — for pixel models only: a latent model's data are not confined
-// to [-1, 1] and clipping them distorts its samples (Stable Diffusion's schedulers never clip), so
-// `unit_range_data = false` leaves clip_x0 off. Default spacing; eta only for ddim.
-SamplerSpec evaluation_spec(const std::string& name, int64_t steps, double eta = 0.0, bool unit_range_data = true);
+// The evaluation default used by `sample`, the FID sweep and training-time FID: x0-hat clipped to [-1, 1]
+// wherever the sampler forms it and `clip` (clip_by_default, diffusion/objective.h) says so; default
+// spacing; eta only for ddim.
+SamplerSpec evaluation_spec(const std::string& name, int64_t steps, double eta = 0.0, bool clip = true);
 
 // Throws std::invalid_argument naming the option and its value.
 void validate(const SamplerSpec& spec, const NoiseSchedule& schedule);

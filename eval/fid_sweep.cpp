@@ -274,7 +274,8 @@ void write_comparison(const SweepOptions& o, const DenoiserSource& source, const
     std::vector<std::vector<Image>> images;
     std::vector<std::string> titles;
     for (const auto& [name, title] : columns) {
-      const auto spec = diffusion::evaluation_spec(name, n, o.eta.front(), !source.latents);
+      const auto spec = diffusion::evaluation_spec(name, n, o.eta.front(),
+                                                   diffusion::clip_by_default(source.prediction, source.latents));
       const auto x = generate_prompt_images(source, spec, w, prompts, indices, seeds);
       const auto pixels = tensor_to_images(x);
       const int64_t H = output_size(source), C = output_channels(source), bytes = H * H * C;
@@ -493,7 +494,8 @@ SweepCounts run_sweep(const SweepOptions& input, Communicator* comm) {
     for (const auto& name : o.samplers)
       for (double eta : o.eta) {
         for (int64_t n : o.steps) {
-          FidPoint p{diffusion::evaluation_spec(name, name == "ddpm" ? T : n, eta, !source.latents), w};
+          FidPoint p{diffusion::evaluation_spec(name, name == "ddpm" ? T : n, eta,
+                                                  diffusion::clip_by_default(source.prediction, source.latents)), w};
           diffusion::validate(p.sampler, source.schedule);
           points.push_back(p);
           if (name == "ddpm") break;  // all T steps: one point per guidance scale

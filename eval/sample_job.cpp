@@ -155,7 +155,10 @@ SampleResult run_sample_job(const SampleOptions& o) {
                                           : load_torchscript_denoiser(o.model_file, o.image_size, o.max_tokens),
                      o.precision);
   diffusion::SamplerSpec sampler = o.sampler;
-  if (o.clip_auto) sampler.clip_x0 = diffusion::evaluation_spec(sampler.name, sampler.steps, sampler.eta, !source.latents).clip_x0;
+  if (o.clip_auto)
+    sampler.clip_x0 = diffusion::evaluation_spec(sampler.name, sampler.steps, sampler.eta,
+                                                 diffusion::clip_by_default(source.prediction, source.latents))
+                          .clip_x0;
   if (sampler.name != "ddpm" && sampler.steps > source.schedule.timesteps)
     bad_option("--steps", std::to_string(sampler.steps),
                "at most the model's " + std::to_string(source.schedule.timesteps) + " timesteps (" +

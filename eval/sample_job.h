@@ -31,8 +31,8 @@ struct SampleOptions {
   std::string tokenizer;            // "" = bytes; only with text_encoder
   std::string prompt_embeddings;
   diffusion::SamplerSpec sampler{"ddim", 25};  // diffusion/sampler_registry.h
-  // `--clip auto`: sampler.clip_x0 as evaluation_spec gives it, i.e. dropped for a latent model (latents are
-  // not confined to [-1, 1]); false: sampler.clip_x0 as set (`--clip on|off`).
+  // `--clip auto`: sampler.clip_x0 as evaluation_spec gives it for the model (diffusion/objective.h
+  // clip_by_default: off for v, x0 and flow latent models); false: sampler.clip_x0 as set (`--clip on|off`).
   bool clip_auto = false;
   std::vector<double> guidance = {3.0};
   int64_t images_per_prompt = 1;

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "diffusion/guidance.h"
+#include "diffusion/objective.h"
 #include "diffusion/sampler_registry.h"
 #include "diffusion/samplers.h"
 #include "diffusion/schedule.h"
@@ -666,9 +667,13 @@ TEST(RectifiedFlow, EulerAndHeunLandOnTheExactMapAtTheirOrders) {
   }
 }
 
-TEST(Registry, EvaluationSpecClipsOnlyUnitRangeData) {
-  EXPECT_TRUE(dd::evaluation_spec("ddim", 10).clip_x0);  // pixels in [-1, 1]: guided-diffusion's clip_denoised
-  EXPECT_FALSE(dd::evaluation_spec("ddim", 10, 0.0, /*unit_range_data=*/false).clip_x0);  // latents
-  EXPECT_FALSE(dd::evaluation_spec("dpm-solver++2m", 10, 0.0, false).clip_x0);
+TEST(Registry, EvaluationSpecClipsWhereTheModelCallsForIt) {
+  EXPECT_TRUE(dd::evaluation_spec("ddim", 10).clip_x0);  // guided-diffusion's clip_denoised
+  EXPECT_FALSE(dd::evaluation_spec("ddim", 10, 0.0, /*clip=*/false).clip_x0);
   EXPECT_FALSE(dd::evaluation_spec("flow-euler", 10).clip_x0);  // never forms x0-hat mid-run as an output
+  // Pixels always; latents only for eps-prediction, whose x0-hat is amplified by 1/sqrt(alpha_bar).
+  for (auto p : {dd::Prediction::kEps, dd::Prediction::kV, dd::Prediction::kX0, dd::Prediction::kFlow})
+    EXPECT_TRUE(dd::clip_by_default(p, /*latent_data=*/false));
+  EXPECT_TRUE(dd::clip_by_default(dd::Prediction::kEps, true));
+  for (auto p : {dd::Prediction::kV, dd::Prediction::kX0, dd::Prediction::kFlow}) EXPECT_FALSE(dd::clip_by_default(p, true));
 }
