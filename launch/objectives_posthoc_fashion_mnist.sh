@@ -4,7 +4,8 @@
 #     each one's FID (N = 2000, DDIM 25, w = 3, the same prompts and seeds) next to the run's own EMA
 #     (train.ema_decay) -> $work/objectives/posthoc-ema/posthoc_ema.{csv,md};
 #  2. FID against NFE for the best run (default v-min-snr): DDIM vs DPM-Solver++(2M) at 5-50 steps
-#     -> $work/objectives/fid-vs-nfe/ (eval sweep's results.csv and fid_vs_nfe-w3.png).
+#     -> $work/objectives/fid-vs-nfe/<best>-ddpm-family/ (eval sweep's results.csv and fid_vs_nfe-w3.png);
+#     launch/objectives_fid_vs_nfe.sh adds the flow samplers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${DIFFTRAIN_BIN:-build/cli/difftrain}
@@ -37,7 +38,7 @@ done
 import csv, json, pathlib, re, sys
 root, widths = pathlib.Path(sys.argv[1]), sys.argv[2:]
 def fid(d):
-    return json.loads((d / "results.json").read_text())[0]["fid"]
+    return json.loads((d / "results.json").read_text())[-1]["fid"]  # the latest point (a rerun appends)
 rows = [("train.ema_decay (the run's EMA)", "", fid(root / "ema-decay"))]
 for s in widths:
     fit = re.search(r"fit error ([0-9.e+-]+)", (root / f"sigma-{s}.txt").read_text()).group(1)
@@ -52,7 +53,7 @@ print("\n".join(md))
 PY
 
 echo "== FID against NFE of $best"
-rm -rf "$out/fid-vs-nfe"
 mkdir -p "$out/fid-vs-nfe"
-fid_of "$out/$best" "$out/fid-vs-nfe/sweep" --samplers ddim,dpm-solver++2m --steps 5,10,25,50
-cat "$out/fid-vs-nfe/sweep/results.csv"
+rm -rf "$out/fid-vs-nfe/$best-ddpm-family"
+fid_of "$out/$best" "$out/fid-vs-nfe/$best-ddpm-family" --samplers ddim,dpm-solver++2m --steps 5,10,25,50
+cat "$out/fid-vs-nfe/$best-ddpm-family/results.csv"
