@@ -3,12 +3,16 @@
 // interleaved in one run; prints a markdown table of the ratio (issue 12's lever).
 // Shapes: the default model's attention at batch 32 (16 px: 8×8 and 4×4 positions,
 // 64 channels in 4 heads, 24 text tokens) and the 32 px model's 16×16 level.
+// A second table: bf16 attention (model/attention.h's scaled_dot_product_attention, the
+// matmuls on oneDNN either way) with the fused softmax (model/batched_matmul.h's
+// fused_attention) against the eager composition, at the 32 px model's shapes.
 #include <CLI/CLI.hpp>
 #include <torch/torch.h>
 
 #include <chrono>
 #include <cstdio>
 
+#include "model/attention.h"
 #include "model/batched_matmul.h"
 
 namespace {
@@ -54,6 +58,31 @@ int main(int argc, char** argv) {
       best_onednn = std::min(best_onednn, seconds_per_call([&] { step(true); }, repeats));
     }
     std::printf("| %s | %.3f | %.3f | %.2f |\n", s.name, best_torch * 1e3, best_onednn * 1e3, best_torch / best_onednn);
+  }
+  namespace dm = difftrain::model;
+  const Shape bf16_shapes[] = {{"self, 16x16 positions, d = 32", 32, 4, 256, 256, 32},
+                               {"cross, 16x16 to 25 tokens (padding masked)", 32, 4, 256, 25, 32},
+                               {"self, 8x8 positions, d = 32", 32, 4, 64, 64, 32}};
+  std::printf("\n| bf16 attention (batch 32, 4 heads), forward + backward | eager softmax ms | fused ms | ratio |\n"
+              "|---|---|---|---|\n");
+  for (const auto& s : bf16_shapes) {
+    auto q = torch::randn({s.batch, s.heads, s.queries, s.d}).to(torch::kBFloat16).requires_grad_();
+    auto k = torch::randn({s.batch, s.heads, s.keys, s.d}).to(torch::kBFloat16).requires_grad_();
+    auto v = torch::randn({s.batch, s.heads, s.keys, s.d}).to(torch::kBFloat16).requires_grad_();
+    torch::Tensor valid;
+    if (s.keys != s.queries) valid = torch::arange(s.keys).lt(20).expand({s.batch, s.keys}).contiguous();
+    auto upstream = torch::randn({s.batch, s.heads, s.queries, s.d}).to(torch::kBFloat16);
+    auto step = [&](bool fused) {
+      dm::set_fused_attention_enabled(fused);
+      auto out = dm::scaled_dot_product_attention(q, k, v, valid);
+      out.backward(upstream);
+    };
+    double best_eager = 1e30, best_fused = 1e30;
+    for (int r = 0; r < rounds; ++r) {
+      best_eager = std::min(best_eager, seconds_per_call([&] { step(false); }, repeats));
+      best_fused = std::min(best_fused, seconds_per_call([&] { step(true); }, repeats));
+    }
+    std::printf("| %s | %.3f | %.3f | %.2f |\n", s.name, best_eager * 1e3, best_fused * 1e3, best_eager / best_fused);
   }
   return 0;
 }

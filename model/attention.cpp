@@ -12,6 +12,8 @@ namespace difftrain::model {
 torch::Tensor scaled_dot_product_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                            const torch::Tensor& key_valid) {
   const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
+  // Under bf16: the same function in one node, softmax fused with its casts (model/batched_matmul.h).
+  if (fused_attention_applies(q, k, v)) return fused_attention(q, k, v, key_valid, scale);
   // (B, heads, Nq, Nk) in float32, the softmax's precision (from bf16 operands under autocast)
   auto scores = batched_matmul(q, k.transpose(-1, -2), scale, {torch::kFloat32});
   torch::Tensor has_key;  // (B, 1, 1, 1): the row has at least one key to attend to

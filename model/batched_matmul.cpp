@@ -1,12 +1,17 @@
 #include "model/batched_matmul.h"
 
+#include "model/attention_softmax.h"
+
 #include <ATen/autocast_mode.h>
 #include <torch/csrc/jit/frontend/tracer.h>
 #include <torch/torch.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #ifdef DIFFTRAIN_HAVE_ONEDNN
@@ -186,8 +191,111 @@ bool takes_onednn_path(const at::Tensor& a, const at::Tensor& b, at::ScalarType 
   return true;
 }
 
+// S = scale q kᵀ (float32 scratch), P = softmax(S) in bf16, O = P v heads-interleaved; returns {O, P}.
+std::pair<at::Tensor, at::Tensor> attention_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                                    const at::Tensor& valid, float scale) {
+  const int64_t B = q.size(0), heads = q.size(1), Nq = q.size(2), Nk = k.size(2);
+  auto scores = at::empty({B, heads, Nq, Nk}, q.options().dtype(at::kFloat));
+  product_into(scores, q, k.transpose(-1, -2), scale);
+  auto weights = at::empty({B, heads, Nq, Nk}, q.options());
+  softmax_rows_to_bf16(scores.data_ptr<float>(), reinterpret_cast<uint16_t*>(weights.data_ptr()), B * heads * Nq, Nk,
+                       valid.numel() > 0 ? valid.data_ptr<uint8_t>() : nullptr, heads * Nq);
+  scores.reset();  // its memory goes back before the output is allocated
+  auto out = at::empty({B, Nq, heads, v.size(3)}, q.options()).transpose(1, 2);
+  product_into(out, weights, v, 1.0f);
+  return {out, weights};
+}
+
+// dP = dO vᵀ (float32), dv = Pᵀ dO, dS = P ⊙ (dP − rowsum(P ⊙ dP)) (bf16), dq = s dS k, dk = s dSᵀ q.
+struct FusedAttentionFunction : torch::autograd::Function<FusedAttentionFunction> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k,
+                            const at::Tensor& v, const at::Tensor& valid, double scale) {
+    auto [out, weights] = attention_forward(q, k, v, valid, static_cast<float>(scale));
+    ctx->save_for_backward({q, k, v, weights});
+    ctx->saved_data["scale"] = scale;
+    return out;
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto &q = saved[0], &k = saved[1], &v = saved[2], &weights = saved[3];
+    const auto s = static_cast<float>(ctx->saved_data["scale"].toDouble());
+    const at::Tensor g = grads[0].to(q.scalar_type());
+    auto grad_v = operand_gradient(
+        v, [&](const at::Tensor& out) { product_into(out, weights.transpose(-1, -2), g, 1.0f); },
+        [&](const at::Tensor& out_t) { product_into(out_t, g.transpose(-1, -2), weights, 1.0f); });
+    auto dweights = at::empty(weights.sizes(), weights.options().dtype(at::kFloat));
+    product_into(dweights, g, v.transpose(-1, -2), 1.0f);
+    auto dscores = at::empty(weights.sizes(), weights.options());
+    softmax_backward_rows_bf16(reinterpret_cast<const uint16_t*>(weights.data_ptr()), dweights.data_ptr<float>(),
+                               reinterpret_cast<uint16_t*>(dscores.data_ptr()), weights.numel() / weights.size(-1),
+                               weights.size(-1));
+    dweights.reset();
+    auto grad_q = operand_gradient(
+        q, [&](const at::Tensor& out) { product_into(out, dscores, k, s); },
+        [&](const at::Tensor& out_t) { product_into(out_t, k.transpose(-1, -2), dscores.transpose(-1, -2), s); });
+    auto grad_k = operand_gradient(
+        k, [&](const at::Tensor& out) { product_into(out, dscores.transpose(-1, -2), q, s); },
+        [&](const at::Tensor& out_t) { product_into(out_t, q.transpose(-1, -2), dscores, s); });
+    return {grad_q, grad_k, grad_v, at::Tensor(), at::Tensor()};
+  }
+};
+
+std::atomic<int> g_fused_attention{-1};  // -1: not read from the environment yet
+
 }  // namespace
 #endif
+
+bool fused_attention_enabled() {
+  int value = g_fused_attention.load();
+  if (value < 0) {
+    const char* env = std::getenv("DIFFTRAIN_FUSED_ATTENTION");
+    if (env != nullptr && std::string(env) != "0" && std::string(env) != "1")
+      throw std::runtime_error(std::string("DIFFTRAIN_FUSED_ATTENTION=") + env +
+                               ": expected 1 (the default: fused bf16 attention softmax) or 0 (the eager ops)");
+    value = env && std::string(env) == "0" ? 0 : 1;
+    g_fused_attention.store(value);
+  }
+  return value == 1;
+}
+
+void set_fused_attention_enabled(bool enabled) { g_fused_attention.store(enabled ? 1 : 0); }
+
+bool fused_attention_applies(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+#ifdef DIFFTRAIN_HAVE_ONEDNN
+  if (!fused_attention_enabled() || q.scalar_type() != at::kBFloat16 || v.scalar_type() != at::kBFloat16) return false;
+  if (q.dim() != 4 || k.dim() != 4 || v.dim() != 4 || k.sizes() != v.sizes() || q.size(3) != k.size(3)) return false;
+  if (q.size(0) != k.size(0) || q.size(1) != k.size(1)) return false;
+  return takes_onednn_path(q, k.transpose(-1, -2), at::kBFloat16, {}) && v.device().is_cpu() &&
+         v.layout() == at::kStrided;
+#else
+  (void)q, (void)k, (void)v;
+  return false;
+#endif
+}
+
+at::Tensor fused_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& key_valid,
+                           double scale) {
+  TORCH_CHECK(fused_attention_applies(q, k, v), "fused_attention: q, k, v must be bf16 CPU (B, heads, N, d) tensors "
+              "on the oneDNN path; got ", q.sizes(), " ", q.scalar_type());
+#ifdef DIFFTRAIN_HAVE_ONEDNN
+  // (B, Nk) bytes, or empty for no mask (autograd functions take defined tensors)
+  auto valid = at::empty({0}, q.options().dtype(at::kByte));
+  if (key_valid.defined()) {
+    TORCH_CHECK(key_valid.dim() == 2 && key_valid.size(0) == q.size(0) && key_valid.size(1) == k.size(2),
+                "fused_attention: key_valid must be (B, Nk) = (", q.size(0), ", ", k.size(2), "), got ",
+                key_valid.sizes());
+    valid = key_valid.to(at::kBool).contiguous().view(at::kByte);
+  }
+  if ((q.requires_grad() || k.requires_grad() || v.requires_grad()) && torch::GradMode::is_enabled()) {
+    return FusedAttentionFunction::apply(q, k, v, valid, scale);
+  }
+  return attention_forward(q, k, v, valid, static_cast<float>(scale)).first;
+#else
+  (void)key_valid, (void)scale;
+  return {};
+#endif
+}
 
 at::Tensor batched_matmul(const at::Tensor& a_in, const at::Tensor& b_in, double scale, MatmulOutput output) {
 #ifdef DIFFTRAIN_HAVE_ONEDNN

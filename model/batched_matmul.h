@@ -47,6 +47,22 @@ struct MatmulOutput {
 // attention's 1/sqrt(d) on its (B, heads, Nq, Nk) scores is the case that matters.
 at::Tensor batched_matmul(const at::Tensor& a, const at::Tensor& b, double scale = 1.0, MatmulOutput output = {});
 
+// Attention's core under bf16 in one autograd node (issue 12): softmax(scale · q kᵀ over the valid keys) v
+// with the float32 scores as scratch, the bf16 weights the only (B, heads, Nq, Nk) tensor kept for the
+// backward, and softmax's casts fused into it (model/attention_softmax.h). q (B, heads, Nq, d), k and v
+// (B, heads, Nk, d) bfloat16 (views of the projections are read in place); key_valid (B, Nk) or undefined.
+// Returns (B, heads, Nq, d) bf16 stored heads-interleaved, as MatmulOutput::heads_interleaved. An image whose
+// keys are all masked attends to nothing (zero output), as the eager composition in model/attention.cpp.
+// Only where fused_attention_applies(q, k, v): CPU bf16 operands on the oneDNN path, not tracing, and the
+// fusion on (DIFFTRAIN_FUSED_ATTENTION, default 1; 0 = the eager composition, for the benchmark).
+// Float32 attention never takes it, so float32 training and sampling are unchanged bit for bit.
+bool fused_attention_applies(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
+at::Tensor fused_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& key_valid,
+                           double scale);
+// The switch (read from the environment once; another value than 0 or 1 is a std::runtime_error naming it).
+bool fused_attention_enabled();
+void set_fused_attention_enabled(bool enabled);
+
 // Whether batched_matmul would use oneDNN for CPU operands in this process
 // (built with it and not turned off by DIFFTRAIN_ONEDNN_MATMUL=0).
 bool onednn_matmul_enabled();

@@ -1,5 +1,7 @@
 #include "model/group_norm_silu.h"
 
+#include "model/simd_math.h"
+
 #include <ATen/Parallel.h>
 #include <torch/autograd.h>
 #include <torch/nn/functional/activation.h>
@@ -13,62 +15,14 @@
 #include <string>
 #include <vector>
 
-
 namespace difftrain::model {
 namespace {
 
-// ---- scalar helpers the compiler vectorises (no branches, no libm calls) -----------------------------------
-
-inline float from_bits(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-inline uint32_t to_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  return u;
-}
-
-// bfloat16 is the upper half of a float32.
-inline float load(const float* p, int64_t i) { return p[i]; }
-inline float load(const uint16_t* p, int64_t i) { return from_bits(static_cast<uint32_t>(p[i]) << 16); }
-inline void store(float* p, int64_t i, float v) { p[i] = v; }
-// Round to nearest even, NaN kept a (quiet) NaN: c10::BFloat16's rounding.
-inline void store(uint16_t* p, int64_t i, float v) {
-  const uint32_t u = to_bits(v);
-  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-  p[i] = static_cast<uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? 0x7fc0u : rounded);
-}
-
-// e^x, Cephes expf: x = n ln2 + r, |r| <= ln2 / 2, e^r by a degree-7 polynomial, 2^n by the exponent bits.
-// Relative error under 2e-7 on the clamped range [-87, 88]; NaN stays NaN.
-__attribute__((always_inline)) inline float fast_exp(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  x = x > 88.0f ? 88.0f : x;
-  constexpr float kShifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer in the low mantissa bits
-  float t = x * 1.44269504088896341f + kShifter;
-  const int32_t n = static_cast<int32_t>(to_bits(t)) - static_cast<int32_t>(to_bits(kShifter));
-  t -= kShifter;
-  float r = x - t * 0.693359375f;
-  r = r - t * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  return p * from_bits(static_cast<uint32_t>(n + 127) << 23);
-}
+using namespace simd;
 
 __attribute__((always_inline)) inline float sigmoid(float z) { return 1.0f / (1.0f + fast_exp(-z)); }
 
-constexpr int kLanes = 16;
-
 // sum over p[0..n) of (p[i] - centre)^power (power 1 or 2), float lanes summed in double.
-#define DIFFTRAIN_INLINE inline __attribute__((always_inline))
-
 template <class T, int kPower>
 DIFFTRAIN_INLINE double centred_sum(const T* p, int64_t n, float centre) {
   float acc[kLanes] = {};
@@ -131,7 +85,6 @@ DIFFTRAIN_INLINE void input_gradient_row(const T* x, const float* dz, T* dx, int
 
 // The entry points, compiled for AVX-512, AVX2 and the baseline and picked at load time (as
 // trainer/fused_adamw.cpp); one overload per dtype, the row kernels above inlined into each.
-#define DIFFTRAIN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #define DIFFTRAIN_ROW_KERNELS(T)                                                                                   \
   DIFFTRAIN_CLONES double row_sum(const T* p, int64_t n) { return centred_sum<T, 1>(p, n, 0.0f); }                 \
   DIFFTRAIN_CLONES double row_centred_squares(const T* p, int64_t n, float centre) {                               \

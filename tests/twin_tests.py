@@ -148,22 +148,29 @@ class SpeedSwitches(TwinTest):
         # bf16 rounding of activations, and float32 instead of bf16 weight gradients (onednn_conv.h)
         self.convolutions_train_alike("bf16", 10)
 
-    def test_bf16_fused_norm_trains_like_the_eager_ops(self):
-        """model/group_norm_silu against the eager float32 GroupNorm + SiLU under bf16 autocast, 4 training steps:
-        rounding (another summation order, dx rounded to bf16 once), far less than another seed."""
+    def fusion_trains_like_the_eager_ops(self, switch, what):
+        """A bf16 fusion against the eager ops it replaces under bf16 autocast, 4 training steps: rounding (another
+        summation order, other bf16 roundings), far less than another seed."""
         self.make_data()
         runs = (("fused", "1", 0), ("eager", "0", 0), ("seed", "1", 4))
         for name, fused, seed in runs:
-            r = self.run_train(f"norm-{name}", {"DIFFTRAIN_FUSED_NORM": fused}, f"run.seed={seed}",
-                               "train.precision=bf16")
+            r = self.run_train(f"{switch}-{name}", {switch: fused}, f"run.seed={seed}", "train.precision=bf16")
             self.assertEqual(r.returncode, 0, r.stderr[-3000:])
-        a, b, control = (self.weights(f"norm-{name}", 4) for name, _, _ in runs)
+        a, b, control = (self.weights(f"{switch}-{name}", 4) for name, _, _ in runs)
         worst = max((a[k] - b[k]).abs().max().item() for k in a)
         other_seed = max((a[k] - control[k]).abs().max().item() for k in a)
-        print(f"twin: fused vs eager GroupNorm + SiLU, bf16, 4 steps: max |weight difference| {worst:.3g} "
+        print(f"twin: fused vs eager {what}, bf16, 4 steps: max |weight difference| {worst:.3g} "
               f"(another seed: {other_seed:.3g})", file=sys.stderr)
         self.assertGreater(worst, 0)  # the switch chose another kernel
         self.assertLess(10 * worst, other_seed)
+
+    def test_bf16_fused_norm_trains_like_the_eager_ops(self):
+        # model/group_norm_silu: dx rounded to bf16 once
+        self.fusion_trains_like_the_eager_ops("DIFFTRAIN_FUSED_NORM", "GroupNorm + SiLU")
+
+    def test_bf16_fused_attention_trains_like_the_eager_ops(self):
+        # model/batched_matmul's fused_attention: bf16 weights kept for the backward, dP in float32
+        self.fusion_trains_like_the_eager_ops("DIFFTRAIN_FUSED_ATTENTION", "attention softmax")
 
     def test_bad_switch_values_are_clean_errors(self):
         self.make_data()
@@ -175,6 +182,8 @@ class SpeedSwitches(TwinTest):
         self.assert_clean_error(r, "DIFFTRAIN_CONV=direct", "onednn", "libtorch")
         r = self.run_train("d", {"DIFFTRAIN_FUSED_NORM": "yes"}, "train.precision=bf16")
         self.assert_clean_error(r, "DIFFTRAIN_FUSED_NORM=yes", "expected 1")
+        r = self.run_train("e", {"DIFFTRAIN_FUSED_ATTENTION": "on"}, "train.precision=bf16")
+        self.assert_clean_error(r, "DIFFTRAIN_FUSED_ATTENTION=on", "expected 1")
 
 
 if __name__ == "__main__":
