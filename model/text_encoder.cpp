@@ -3,6 +3,7 @@
 #include <torch/nn/functional/activation.h>
 #include <torch/nn/init.h>
 
+#include "model/layer_norm.h"
 #include "model/norm_fp32.h"
 #include "model/tokenizer.h"
 
@@ -17,9 +18,9 @@ TransformerLayerImpl::TransformerLayerImpl(int64_t width, int64_t heads) {
 }
 
 torch::Tensor TransformerLayerImpl::forward(const torch::Tensor& x, const torch::Tensor& valid) {
-  auto h = norm_fp32(norm1, x);
+  auto h = layer_norm_fp32(*norm1, x);
   auto y = x + attention(h, h, valid);
-  return y + fc2(torch::gelu(fc1(norm_fp32(norm2, y))));
+  return y + fc2(torch::gelu(fc1(layer_norm_fp32(*norm2, y))));
 }
 
 TextEncoderImpl::TextEncoderImpl(TextEncoderOptions opts) : options(opts) {
@@ -42,7 +43,7 @@ EncodedText TextEncoderImpl::forward(const torch::Tensor& token_ids) {
   auto first = token_ids.narrow(1, 0, 1);
   auto valid = torch::cat({torch::ones_like(first, first.options().dtype(torch::kBool)), token_ids != kPadToken}, 1);
   for (const auto& layer : *layers) x = layer->as<TransformerLayer>()->forward(x, valid);
-  x = norm_fp32(final_norm, x);
+  x = layer_norm_fp32(*final_norm, x);
   return {x, valid, x.select(1, 0)};
 }
 

@@ -8,6 +8,7 @@ add_executable(test_core
   ${CMAKE_CURRENT_LIST_DIR}/test_onednn_conv.cpp
   ${CMAKE_CURRENT_LIST_DIR}/test_group_norm_silu.cpp
   ${CMAKE_CURRENT_LIST_DIR}/test_fused_attention.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/test_layer_norm.cpp
   ${CMAKE_CURRENT_LIST_DIR}/test_fused_adamw.cpp
   ${CMAKE_CURRENT_LIST_DIR}/test_caching_cpu_allocator.cpp
   ${CMAKE_CURRENT_LIST_DIR}/test_activation_checkpoint.cpp
