@@ -13,34 +13,31 @@ using namespace simd;
 
 // One row: the max over valid keys, e = e^(s − max) (0 for masked keys) written over s, then
 // weights = e / Σe rounded once to bf16. A NaN score makes the row NaN, as softmax does.
-DIFFTRAIN_INLINE void softmax_row(float* s, uint16_t* w, int64_t n, const uint8_t* valid) {
+// kMasked is a template parameter so that every loop is branch-free (GCC vectorises none with a
+// short-circuit load in it).
+template <bool kMasked>
+DIFFTRAIN_INLINE void softmax_row(float* __restrict s, uint16_t* __restrict w, int64_t n,
+                                  const uint8_t* __restrict valid) {
   constexpr float kLowest = -std::numeric_limits<float>::infinity();
-  float lane_max[kLanes];
-  for (int l = 0; l < kLanes; ++l) lane_max[l] = kLowest;
+  auto is_valid = [&](int64_t i) { return !kMasked || valid[i] != 0; };
+  float m = kLowest;
+#pragma omp simd reduction(max : m)
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = is_valid(i) ? s[i] : kLowest;
+    m = m > v ? m : v;
+  }
+  float lane_sum[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes)
     for (int l = 0; l < kLanes; ++l) {
-      const float v = valid == nullptr || valid[i + l] ? s[i + l] : kLowest;
-      lane_max[l] = lane_max[l] > v ? lane_max[l] : v;
-    }
-  float m = kLowest;
-  for (; i < n; ++i) {
-    const float v = valid == nullptr || valid[i] ? s[i] : kLowest;
-    m = m > v ? m : v;
-  }
-  for (int l = 0; l < kLanes; ++l) m = m > lane_max[l] ? m : lane_max[l];
-  float lane_sum[kLanes] = {};
-  i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int l = 0; l < kLanes; ++l) {
       const float e = fast_exp(s[i + l] - m);
-      s[i + l] = valid == nullptr || valid[i + l] ? e : 0.0f;
+      s[i + l] = is_valid(i + l) ? e : 0.0f;
       lane_sum[l] += s[i + l];
     }
   double total = 0;
   for (; i < n; ++i) {
     const float e = fast_exp(s[i] - m);
-    s[i] = valid == nullptr || valid[i] ? e : 0.0f;
+    s[i] = is_valid(i) ? e : 0.0f;
     total += s[i];
   }
   for (int l = 0; l < kLanes; ++l) total += lane_sum[l];
@@ -48,7 +45,8 @@ DIFFTRAIN_INLINE void softmax_row(float* s, uint16_t* w, int64_t n, const uint8_
   for (i = 0; i < n; ++i) store(w, i, s[i] * inverse);
 }
 
-DIFFTRAIN_INLINE void softmax_backward_row(const uint16_t* w, const float* dw, uint16_t* ds, int64_t n) {
+DIFFTRAIN_INLINE void softmax_backward_row(const uint16_t* __restrict w, const float* __restrict dw,
+                                           uint16_t* __restrict ds, int64_t n) {
   float lane_dot[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes)
@@ -70,7 +68,11 @@ DIFFTRAIN_CLONES void softmax_rows(float* s, uint16_t* w, int64_t begin, int64_t
       for (int64_t i = 0; i < n; ++i) w[r * n + i] = 0;  // bf16 +0
       continue;
     }
-    softmax_row(s + r * n, w + r * n, n, row_valid);
+    if (row_valid == nullptr) {
+      softmax_row<false>(s + r * n, w + r * n, n, nullptr);
+    } else {
+      softmax_row<true>(s + r * n, w + r * n, n, row_valid);
+    }
   }
 }
 

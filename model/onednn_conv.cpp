@@ -98,6 +98,17 @@ struct Plan {
   Reorder grad_in_data, weights_backward, grad_src_out;      // backward by data
   Reorder grad_in_weights, src_for_weights, grad_weights_out;  // backward by weights
   bool shared_diff_dst = false;  // both backward kernels read the upstream gradient in one layout: reorder it once
+  int64_t out_h = 0, out_w = 0;
+};
+
+// A square kernel with equal stride and zero padding on both axes (the UNet's 3×3 convolutions at stride 1
+// and 2, its 1×1 projections).
+struct Geometry {
+  int64_t kernel, stride, padding;
+  bool operator<(const Geometry& o) const {
+    return std::tie(kernel, stride, padding) < std::tie(o.kernel, o.stride, o.padding);
+  }
+  bool winograd_shape() const { return kernel == 3 && stride == 1 && padding == 1; }
 };
 
 using Type = memory::data_type;
@@ -112,15 +123,19 @@ bool jit(const dnnl::primitive_desc_base& pd) { return std::string(pd.impl_info_
 // nullptr where oneDNN has no JIT kernel for the shape (the caller takes torch::conv2d).
 // src_type: the input's dtype (under autocast a float32 or bf16 activation); the weights are float32.
 std::shared_ptr<Plan> make_plan(int64_t n, int64_t ic, int64_t oc, int64_t h, int64_t w, bool bias, Mode mode,
-                                Type src_type) {
-  const memory::dims strides{1, 1}, padding{1, 1};
+                                Type src_type, Geometry g) {
+  const memory::dims strides{g.stride, g.stride}, padding{g.padding, g.padding};
+  const int64_t out_h = (h + 2 * g.padding - g.kernel) / g.stride + 1, out_w = (w + 2 * g.padding - g.kernel) / g.stride + 1;
+  if (out_h < 1 || out_w < 1) return nullptr;
   const bool bf16 = mode == Mode::kDirectBf16;
   // The kernels' types: everything float32 for Winograd; bf16 operands with float32 bias and
   // weight gradient for bf16 (oneDNN accumulates in float32 either way).
   const Type compute = bf16 ? Type::bf16 : Type::f32;
   auto any = [](const memory::dims& dims, Type type) { return memory::desc(dims, type, Tag::any); };
-  const memory::dims src{n, ic, h, w}, weights{oc, ic, 3, 3}, dst{n, oc, h, w}, bias_dims{oc};
+  const memory::dims src{n, ic, h, w}, weights{oc, ic, g.kernel, g.kernel}, dst{n, oc, out_h, out_w}, bias_dims{oc};
   auto plan = std::make_shared<Plan>();
+  plan->out_h = out_h;
+  plan->out_w = out_w;
   plan->user_src = plain(src, Tag::nchw, src_type);
   plan->user_weights = plain(weights, Tag::oihw);
   plan->user_bias = plain(bias_dims, Tag::x);
@@ -172,15 +187,15 @@ std::shared_ptr<Plan> make_plan(int64_t n, int64_t ic, int64_t oc, int64_t h, in
 Type dnnl_type(at::ScalarType type) { return type == at::kBFloat16 ? Type::bf16 : Type::f32; }
 
 std::shared_ptr<Plan> plan_for(at::IntArrayRef x_sizes, int64_t out_channels, bool bias, Mode mode,
-                               at::ScalarType x_type) {
-  using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, bool, int, Mode, at::ScalarType>;
+                               at::ScalarType x_type, Geometry g) {
+  using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, bool, int, Mode, at::ScalarType, Geometry>;
   thread_local std::map<Key, std::shared_ptr<Plan>> plans;
   const int64_t n = x_sizes[0], ic = x_sizes[1], h = x_sizes[2], w = x_sizes[3];
-  const Key key{n, ic, out_channels, h, w, bias, at::get_num_threads(), mode, x_type};
+  const Key key{n, ic, out_channels, h, w, bias, at::get_num_threads(), mode, x_type, g};
   auto found = plans.find(key);
   if (found == plans.end()) {
     if (plans.size() >= 256) plans.clear();  // shapes churn only in unusual callers
-    found = plans.emplace(key, make_plan(n, ic, out_channels, h, w, bias, mode, dnnl_type(x_type))).first;
+    found = plans.emplace(key, make_plan(n, ic, out_channels, h, w, bias, mode, dnnl_type(x_type), g)).first;
   }
   return found->second;
 }
@@ -216,7 +231,7 @@ at::Tensor run_forward(Plan& plan, const at::Tensor& x, const at::Tensor& weight
   if (bias.defined()) args.emplace(DNNL_ARG_BIAS, memory(plan.user_bias, engine(), bias.data_ptr()));
   run(plan.forward, pd, std::move(args));
   const auto y_type = plan.user_dst.data_type() == Type::bf16 ? at::kBFloat16 : at::kFloat;
-  auto y = at::empty({x.size(0), weight.size(0), x.size(2), x.size(3)}, x.options().dtype(y_type));
+  auto y = at::empty({x.size(0), weight.size(0), plan.out_h, plan.out_w}, x.options().dtype(y_type));
   plan.dst_out.into(dst, user_buffer(y, plan.user_dst));
   stream().wait();
   if (kept_src != nullptr) *kept_src = src;
@@ -225,9 +240,10 @@ at::Tensor run_forward(Plan& plan, const at::Tensor& x, const at::Tensor& weight
 
 struct OnednnConvFunction : torch::autograd::Function<OnednnConvFunction> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
-                            const at::Tensor& maybe_bias, int64_t mode) {
+                            const at::Tensor& maybe_bias, int64_t mode, int64_t stride, int64_t padding) {
     const at::Tensor bias = maybe_bias.numel() > 0 ? maybe_bias : at::Tensor();
-    auto plan = plan_for(x.sizes(), weight.size(0), bias.defined(), static_cast<Mode>(mode), x.scalar_type());
+    const Geometry g{weight.size(2), stride, padding};
+    auto plan = plan_for(x.sizes(), weight.size(0), bias.defined(), static_cast<Mode>(mode), x.scalar_type(), g);
     Buffer src;
     auto y = run_forward(*plan, x.contiguous(), weight.contiguous(), bias, &src);
     // The source in the kernel's layout and type (x's values, bf16 in bf16 mode) replaces x among the saved tensors.
@@ -236,6 +252,8 @@ struct OnednnConvFunction : torch::autograd::Function<OnednnConvFunction> {
     ctx->saved_data["x_sizes"] = x.sizes().vec();
     ctx->saved_data["x_type"] = static_cast<int64_t>(x.scalar_type());
     ctx->saved_data["mode"] = mode;
+    ctx->saved_data["stride"] = stride;
+    ctx->saved_data["padding"] = padding;
     return y;
   }
 
@@ -248,7 +266,8 @@ struct OnednnConvFunction : torch::autograd::Function<OnednnConvFunction> {
     const auto x_sizes = ctx->saved_data["x_sizes"].toIntVector();
     const auto x_type = static_cast<at::ScalarType>(ctx->saved_data["x_type"].toInt());
     const auto mode = static_cast<Mode>(ctx->saved_data["mode"].toInt());
-    auto plan = plan_for(x_sizes, weight.size(0), has_bias, mode, x_type);
+    const Geometry g{weight.size(2), ctx->saved_data["stride"].toInt(), ctx->saved_data["padding"].toInt()};
+    auto plan = plan_for(x_sizes, weight.size(0), has_bias, mode, x_type, g);
     const auto y_type = plan->user_dst.data_type() == Type::bf16 ? at::kBFloat16 : at::kFloat;
     const at::Tensor grad = grads[0].to(y_type).contiguous();
     const Buffer grad_user = user_buffer(grad, plan->user_dst);
@@ -284,15 +303,16 @@ struct OnednnConvFunction : torch::autograd::Function<OnednnConvFunction> {
       plan->grad_weights_out.into(diff_weights, user_buffer(grad_weight, plan->user_weights));
     }
     stream().wait();
-    return {grad_x, grad_weight, grad_bias, at::Tensor()};
+    return {grad_x, grad_weight, grad_bias, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
-// The mode this call takes, or nothing (LibTorch's convolution).
-std::optional<Mode> onednn_mode(const torch::nn::Conv2dImpl& conv, const at::Tensor& x) {
-  if (!onednn_conv_enabled() || torch::jit::tracer::isTracing()) return std::nullopt;
-  const auto& o = conv.options;
-  if ((*o.kernel_size())[0] != 3 || (*o.kernel_size())[1] != 3 || (*o.stride())[0] != 1 || (*o.stride())[1] != 1 ||
+// The geometry of a convolution oneDNN can take: square kernel 1 or 3, equal strides, equal zero padding,
+// no dilation or groups; or nothing.
+template <class Options>
+std::optional<Geometry> geometry_of(const Options& o) {
+  const int64_t k = (*o.kernel_size())[0], stride = (*o.stride())[0];
+  if ((k != 1 && k != 3) || (*o.kernel_size())[1] != k || (*o.stride())[1] != stride || stride < 1 ||
       (*o.dilation())[0] != 1 || (*o.dilation())[1] != 1 || o.groups() != 1) {
     return std::nullopt;
   }
@@ -302,24 +322,30 @@ std::optional<Mode> onednn_mode(const torch::nn::Conv2dImpl& conv, const at::Ten
   using c10::get_if, c10::holds_alternative;
 #endif
   const auto* padding = get_if<torch::ExpandingArray<2>>(&o.padding());
-  if (padding == nullptr || (**padding)[0] != 1 || (**padding)[1] != 1 ||
+  if (padding == nullptr || (**padding)[0] != (**padding)[1] || (**padding)[0] < 0 ||
       !holds_alternative<torch::enumtype::kZeros>(o.padding_mode())) {
     return std::nullopt;
   }
+  return Geometry{k, stride, (**padding)[0]};
+}
+
+// The mode this call takes, or nothing (LibTorch's convolution).
+std::optional<Mode> onednn_mode(const torch::nn::Conv2dImpl& conv, const at::Tensor& x, const Geometry& g) {
   if (!x.device().is_cpu() || x.layout() != at::kStrided || x.dim() != 4 || x.numel() == 0) return std::nullopt;
   if (conv.weight.scalar_type() != at::kFloat || (conv.bias.defined() && conv.bias.scalar_type() != at::kFloat)) {
     return std::nullopt;
   }
   Mode mode;
   if (!at::autocast::is_cpu_enabled()) {
-    if (x.scalar_type() != at::kFloat) return std::nullopt;
+    // Winograd only where it has kernels; other float32 convolutions stay LibTorch's bit for bit.
+    if (x.scalar_type() != at::kFloat || !g.winograd_shape()) return std::nullopt;
     mode = Mode::kWinogradF32;
   } else {
     if (at::autocast::get_autocast_cpu_dtype() != at::kBFloat16) return std::nullopt;
     if (x.scalar_type() != at::kFloat && x.scalar_type() != at::kBFloat16) return std::nullopt;
     mode = Mode::kDirectBf16;
   }
-  if (plan_for(x.sizes(), conv.weight.size(0), conv.bias.defined(), mode, x.scalar_type()) == nullptr) {
+  if (plan_for(x.sizes(), conv.weight.size(0), conv.bias.defined(), mode, x.scalar_type(), g) == nullptr) {
     return std::nullopt;
   }
   return mode;
@@ -328,9 +354,12 @@ std::optional<Mode> onednn_mode(const torch::nn::Conv2dImpl& conv, const at::Ten
 }  // namespace
 #endif
 
-torch::Tensor conv2d_3x3(torch::nn::Conv2dImpl& conv, const torch::Tensor& x) {
+torch::Tensor convolve(torch::nn::Conv2dImpl& conv, const torch::Tensor& x) {
 #ifdef DIFFTRAIN_HAVE_ONEDNN
-  if (const auto mode = onednn_mode(conv, x)) {
+  if (!onednn_conv_enabled() || torch::jit::tracer::isTracing()) return conv.forward(x);
+  const auto geometry = geometry_of(conv.options);
+  if (!geometry) return conv.forward(x);
+  if (const auto mode = onednn_mode(conv, x, *geometry)) {
     const auto& weight = conv.weight;
     const auto& bias = conv.bias;
     const bool grads = torch::GradMode::is_enabled() &&
@@ -338,9 +367,9 @@ torch::Tensor conv2d_3x3(torch::nn::Conv2dImpl& conv, const torch::Tensor& x) {
     // LibTorch 1.13's autograd Function takes no undefined inputs: no bias is an empty tensor there.
     if (grads) {
       return OnednnConvFunction::apply(x, weight, bias.defined() ? bias : at::empty({0}, weight.options()),
-                                       static_cast<int64_t>(*mode));
+                                       static_cast<int64_t>(*mode), geometry->stride, geometry->padding);
     }
-    auto plan = plan_for(x.sizes(), weight.size(0), bias.defined(), *mode, x.scalar_type());
+    auto plan = plan_for(x.sizes(), weight.size(0), bias.defined(), *mode, x.scalar_type(), *geometry);
     return run_forward(*plan, x.contiguous(), weight.contiguous(), bias, nullptr);
   }
 #endif

@@ -1,5 +1,5 @@
-// The UNet's 3×3, stride-1 convolutions through oneDNN directly (the same libdnnl.so.2
-// LibTorch 1.13 links), on CPU, in two modes:
+// The UNet's convolutions through oneDNN directly (the same libdnnl.so.2 LibTorch 1.13
+// links), on CPU, in two modes:
 //
 // 1. float32: Winograd F(4×4, 3×3) (Lavin & Gray 2016, "Fast Algorithms for Convolutional
 //    Neural Networks"). LibTorch runs every CPU convolution with oneDNN's direct algorithm,
@@ -24,12 +24,15 @@
 //    eager's bf16 weight gradient). In the 32 px bf16 profile these passes were about
 //    100 ms of a 950 ms step (oneDNN verbose: 238 activation reorders per step).
 //    The output is bf16, as autocast's; the input's gradient has the input's dtype.
+//    This mode takes every convolution of the UNet: 3×3 at stride 1 and 2 (the downsamplers),
+//    and 1×1 (the residual blocks' skip projections, the transformer blocks' proj_in/out).
 //
 // Results are deterministic run to run, so resumes stay bit-identical; both modes are checked
 // against torch::conv2d (an independent path through ATen) in tests/test_onednn_conv.cpp.
 //
-// Taken only where it computes the same function: CPU, float32 weights, a 3×3 kernel with
-// stride 1, padding 1, no dilation or groups, not while tracing an export (which records
+// Taken only where it computes the same function: CPU, float32 weights, a square 1×1 or 3×3
+// kernel with equal strides and zero padding, no dilation or groups (float32: only 3×3 at
+// stride 1, padding 1, Winograd's shape), not while tracing an export (which records
 // torch::conv2d), built with oneDNN, and where oneDNN has a JIT kernel for the shape; under
 // autocast only for bf16 (float16 stays LibTorch's). Elsewhere it is conv.forward(x).
 // DIFFTRAIN_CONV=libtorch in the environment turns both modes off (the before/after
@@ -41,7 +44,7 @@
 namespace difftrain::model {
 
 // conv(x), through oneDNN where the conditions above hold, else conv.forward(x).
-torch::Tensor conv2d_3x3(torch::nn::Conv2dImpl& conv, const torch::Tensor& x);
+torch::Tensor convolve(torch::nn::Conv2dImpl& conv, const torch::Tensor& x);
 
 // Whether the oneDNN convolutions are on in this process (built with oneDNN, DIFFTRAIN_CONV is not "libtorch").
 bool onednn_conv_enabled();

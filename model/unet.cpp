@@ -51,7 +51,7 @@ ResBlockImpl::ResBlockImpl(int64_t in, int64_t out, int64_t embedding_dim, int64
 }
 
 torch::Tensor ResBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& embedding) {
-  auto h = conv2d_3x3(*conv1, group_norm_silu(*norm1, x));
+  auto h = convolve(*conv1, group_norm_silu(*norm1, x));
   auto projected = embedding_proj(torch::silu(embedding)).unsqueeze(-1).unsqueeze(-1);
   if (scale_shift_norm) {
     // Adaptive group normalisation (Dhariwal & Nichol 2021, sec. 3): GroupNorm(h) (1 + scale) + shift.
@@ -61,8 +61,8 @@ torch::Tensor ResBlockImpl::forward(const torch::Tensor& x, const torch::Tensor&
     // The embedding added to the features (Ho et al. 2020, appendix B; SD's ResnetBlock2D).
     h = group_norm_silu(*norm2, h + projected);
   }
-  h = conv2d_3x3(*conv2, dropout(h));
-  return (skip ? skip(x) : x) + h;
+  h = convolve(*conv2, dropout(h));
+  return (skip ? convolve(*skip, x) : x) + h;
 }
 
 SpatialAttentionImpl::SpatialAttentionImpl(int64_t channels, int64_t heads, int64_t context_dim, int64_t groups,
@@ -95,7 +95,7 @@ SpatialAttentionImpl::SpatialAttentionImpl(int64_t channels, int64_t heads, int6
 torch::Tensor SpatialAttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& context,
                                             const torch::Tensor& mask) {
   auto h = norm_fp32(norm, x);
-  if (proj_in) h = proj_in(h);
+  if (proj_in) h = convolve(*proj_in, h);
   // (B, HW, C) with each token's channels contiguous: the residual adds and the norms below then run
   // at streaming speed (an add with one transposed operand is 8x slower on this CPU, issue 12).
   h = h.flatten(2).transpose(1, 2).contiguous();
@@ -104,7 +104,7 @@ torch::Tensor SpatialAttentionImpl::forward(const torch::Tensor& x, const torch:
   h = h + cross_attention(layer_norm_fp32(*norm_cross, h), context, mask);
   if (ff) h = h + ff(layer_norm_fp32(*norm_ff, h));
   h = h.transpose(1, 2).reshape_as(x);  // (B, C, H, W)
-  return x + (proj_out ? proj_out(h) : h);
+  return x + (proj_out ? convolve(*proj_out, h) : h);
 }
 
 UNetBlockImpl::UNetBlockImpl(ResBlock r, SpatialAttention a) {
@@ -230,7 +230,7 @@ torch::Tensor UNetImpl::forward(const torch::Tensor& x_t, const torch::Tensor& t
         {x, embedding, context});
   };
 
-  auto h = conv2d_3x3(*conv_in, x_t);
+  auto h = convolve(*conv_in, x_t);
   std::vector<torch::Tensor> skips{h};
   const int64_t levels = static_cast<int64_t>(options.channel_mults.size());
   size_t down = 0;
@@ -240,7 +240,7 @@ torch::Tensor UNetImpl::forward(const torch::Tensor& x_t, const torch::Tensor& t
       skips.push_back(h);
     }
     if (level + 1 < levels) {
-      h = downsamplers[level]->as<torch::nn::Conv2dImpl>()->forward(h);
+      h = convolve(*downsamplers[level]->as<torch::nn::Conv2dImpl>(), h);
       skips.push_back(h);
     }
   }
@@ -253,10 +253,10 @@ torch::Tensor UNetImpl::forward(const torch::Tensor& x_t, const torch::Tensor& t
     }
     if (level > 0) {
       h = F::interpolate(h, F::InterpolateFuncOptions().scale_factor(std::vector<double>{2, 2}).mode(torch::kNearest));
-      h = conv2d_3x3(*upsamplers[levels - 1 - level]->as<torch::nn::Conv2dImpl>(), h);
+      h = convolve(*upsamplers[levels - 1 - level]->as<torch::nn::Conv2dImpl>(), h);
     }
   }
-  return conv2d_3x3(*conv_out, group_norm_silu(*norm_out, h));
+  return convolve(*conv_out, group_norm_silu(*norm_out, h));
 }
 
 }  // namespace difftrain::model

@@ -41,7 +41,7 @@ Grads fused(const torch::Tensor& x_value, int64_t groups, const torch::Tensor& w
   torch::Tensor s, t;
   if (scale.defined()) s = scale.clone().requires_grad_(), t = shift.clone().requires_grad_();
   auto y = dm::fused_group_norm_silu(x, groups, w, b, 1e-5, s, t);
-  EXPECT_EQ(y.scalar_type(), torch::kFloat32);
+  EXPECT_EQ(y.scalar_type(), x.scalar_type());  // bf16 out for bf16 in: what the next convolution reads
   (y * upstream).sum().backward();
   return {y.detach(), x.grad(), w.grad(), b.grad(), s.defined() ? s.grad() : torch::Tensor(),
           t.defined() ? t.grad() : torch::Tensor()};
@@ -69,15 +69,25 @@ TEST(GroupNormSilu, MatchesGroupNormAndSiluInFloat64WithAllGradients) {
     auto weight = torch::randn({c.c}) * 0.5 + 1, bias = torch::randn({c.c}) * 0.3;
     torch::Tensor scale, shift;
     if (c.scale_shift) scale = torch::randn({c.n, c.c}) * 0.2, shift = torch::randn({c.n, c.c}) * 0.5;
-    auto upstream = torch::randn({c.n, c.c, c.side, c.side});
+    // An upstream gradient the output's dtype represents exactly (autograd hands a bf16 output a bf16 gradient).
+    auto upstream = torch::randn({c.n, c.c, c.side, c.side}).to(c.dtype).to(torch::kFloat32);
     const Grads ref = reference(x, c.groups, weight, bias, scale, shift, upstream);
     const Grads got = fused(x, c.groups, weight, bias, scale, shift, upstream);
     const double ey = relative_error(got.y, ref.y), ex = relative_error(got.x, ref.x),
                  ew = relative_error(got.weight, ref.weight), eb = relative_error(got.bias, ref.bias);
     std::printf("n %lld c %lld side %lld %s: relative error y %.2g dx %.2g dgamma %.2g dbeta %.2g", (long long)c.n,
                 (long long)c.c, (long long)c.side, c.dtype == torch::kBFloat16 ? "bf16" : "fp32", ey, ex, ew, eb);
-    // Float32 arithmetic on exactly representable inputs: a few float32 ulps of the largest value.
-    EXPECT_LT(ey, 1e-6);
+    // Float32 arithmetic on exactly representable inputs: a few float32 ulps of the largest value, then for
+    // bf16 one rounding to nearest even of that value (as the convolution's cast of the float32 result did):
+    // equal to the float64 result rounded to bf16 except where float32 summation order crosses a tie.
+    if (c.dtype == torch::kBFloat16) {
+      EXPECT_LT(ey, 4e-3);
+      const double mismatched = got.y.ne(ref.y.to(torch::kBFloat16)).to(torch::kFloat64).mean().item<double>();
+      std::printf(" (y differs from float64 rounded to bf16 in %.2g of elements)", mismatched);
+      EXPECT_LT(mismatched, 1e-3);
+    } else {
+      EXPECT_LT(ey, 1e-6);
+    }
     EXPECT_LT(ew, 1e-5);
     EXPECT_LT(eb, 1e-5);
     // dx is written in x's dtype: bf16 rounding (2^-8 relative) for bf16, float32 otherwise.
@@ -127,8 +137,10 @@ TEST(GroupNormSilu, TheSwitchAndFloat32TakeTheEagerOpsBitForBit) {
   EXPECT_TRUE(torch::equal(dm::group_norm_silu(*norm, x_bf16, scale, shift), eager_bf16));
   dm::set_fused_group_norm_silu_enabled(true);
   const auto fused_bf16 = dm::group_norm_silu(*norm, x_bf16, scale, shift);
-  EXPECT_FALSE(torch::equal(fused_bf16, eager_bf16));  // another summation order...
-  EXPECT_LT((fused_bf16 - eager_bf16).abs().max().item<double>(), 1e-5);  // ...the same values
+  EXPECT_EQ(fused_bf16.scalar_type(), torch::kBFloat16);
+  // The eager float32 result rounded once to bf16, as the next convolution's cast did, to summation order.
+  EXPECT_LT(fused_bf16.ne(eager_bf16.to(torch::kBFloat16)).to(torch::kFloat64).mean().item<double>(), 1e-2);
+  EXPECT_LT((fused_bf16.to(torch::kFloat32) - eager_bf16).abs().max().item<double>(), 1e-2);
   dm::set_fused_group_norm_silu_enabled(was);
 }
 

@@ -13,7 +13,7 @@
 #include "model/onednn_conv.h"
 
 namespace {
-using difftrain::model::conv2d_3x3;
+using difftrain::model::convolve;
 
 struct Result {
   torch::Tensor y, grad_x, grad_weight, grad_bias;
@@ -22,7 +22,7 @@ struct Result {
 Result run(torch::nn::Conv2d& conv, const torch::Tensor& x_value, const torch::Tensor& upstream, bool winograd) {
   auto x = x_value.clone().requires_grad_();
   conv->zero_grad();
-  auto y = winograd ? conv2d_3x3(*conv, x) : torch::conv2d(x, conv->weight, conv->bias, 1, 1);
+  auto y = winograd ? convolve(*conv, x) : torch::conv2d(x, conv->weight, conv->bias, 1, 1);
   (y * upstream).sum().backward();
   return {y.detach(), x.grad(), conv->weight.grad().clone(),
           conv->bias.defined() ? conv->bias.grad().clone() : torch::Tensor()};
@@ -72,11 +72,11 @@ TEST(OnednnConv, NoGradForwardEqualsTheAutogradOne) {
   torch::manual_seed(1);
   auto conv = torch::nn::Conv2d(torch::nn::Conv2dOptions(32, 32, 3).padding(1));
   auto x = torch::randn({2, 32, 16, 16});
-  auto with_grad = conv2d_3x3(*conv, x).detach();
+  auto with_grad = convolve(*conv, x).detach();
   torch::NoGradGuard no_grad;
-  EXPECT_TRUE(torch::equal(conv2d_3x3(*conv, x), with_grad));
+  EXPECT_TRUE(torch::equal(convolve(*conv, x), with_grad));
   // A non-contiguous input (a channels-last view) computes the same.
-  EXPECT_TRUE(torch::equal(conv2d_3x3(*conv, x.contiguous(at::MemoryFormat::ChannelsLast)), with_grad));
+  EXPECT_TRUE(torch::equal(convolve(*conv, x.contiguous(at::MemoryFormat::ChannelsLast)), with_grad));
 }
 
 TEST(OnednnConv, OtherConvolutionsAndFloat16AutocastAreTorchConv2d) {
@@ -84,11 +84,11 @@ TEST(OnednnConv, OtherConvolutionsAndFloat16AutocastAreTorchConv2d) {
   torch::NoGradGuard no_grad;
   auto x = torch::randn({2, 32, 16, 16});
   auto strided = torch::nn::Conv2d(torch::nn::Conv2dOptions(32, 32, 3).stride(2).padding(1));
-  EXPECT_TRUE(torch::equal(conv2d_3x3(*strided, x), strided->forward(x)));
+  EXPECT_TRUE(torch::equal(convolve(*strided, x), strided->forward(x)));
   auto one_by_one = torch::nn::Conv2d(torch::nn::Conv2dOptions(32, 32, 1));
-  EXPECT_TRUE(torch::equal(conv2d_3x3(*one_by_one, x), one_by_one->forward(x)));
+  EXPECT_TRUE(torch::equal(convolve(*one_by_one, x), one_by_one->forward(x)));
   auto unpadded = torch::nn::Conv2d(torch::nn::Conv2dOptions(32, 32, 3));
-  EXPECT_TRUE(torch::equal(conv2d_3x3(*unpadded, x), unpadded->forward(x)));
+  EXPECT_TRUE(torch::equal(convolve(*unpadded, x), unpadded->forward(x)));
 }
 
 // bf16 autocast: y and dx are bf16-rounded in both eager autocast and here; dw and db are
@@ -103,7 +103,7 @@ Bf16Result run_bf16(torch::nn::Conv2d& conv, const torch::Tensor& x_value, const
   conv->zero_grad();
   at::autocast::set_cpu_enabled(true);
   at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
-  auto y = ours ? conv2d_3x3(*conv, x) : conv->forward(x);
+  auto y = ours ? convolve(*conv, x) : conv->forward(x);
   at::autocast::set_cpu_enabled(false);
   at::autocast::clear_cache();
   y.backward(upstream.to(y.scalar_type()));
@@ -118,20 +118,26 @@ TEST(OnednnConv, Bf16AutocastMatchesFloat64OfRoundedOperands) {
     int64_t n, in, out, side;
     bool bias;
     at::ScalarType x_type;  // autocast sees float32 activations (after a float32 norm) and bf16 ones
+    int64_t kernel = 3, stride = 1;  // also the downsamplers (3×3, stride 2) and the 1×1 projections
   };
   for (const Shape s : {Shape{4, 64, 64, 32, true, at::kFloat}, Shape{3, 192, 64, 16, true, at::kBFloat16},
                         Shape{2, 128, 128, 8, true, at::kFloat}, Shape{2, 16, 16, 12, false, at::kFloat},
-                        Shape{2, 3, 32, 16, true, at::kFloat}, Shape{2, 32, 3, 16, true, at::kBFloat16}}) {
-    SCOPED_TRACE("in " + std::to_string(s.in) + " out " + std::to_string(s.out) + " side " + std::to_string(s.side));
-    auto conv = torch::nn::Conv2d(torch::nn::Conv2dOptions(s.in, s.out, 3).padding(1).bias(s.bias));
+                        Shape{2, 3, 32, 16, true, at::kFloat}, Shape{2, 32, 3, 16, true, at::kBFloat16},
+                        Shape{3, 64, 64, 32, true, at::kBFloat16, 3, 2}, Shape{2, 128, 128, 15, true, at::kFloat, 3, 2},
+                        Shape{3, 192, 128, 16, true, at::kBFloat16, 1, 1}, Shape{2, 64, 32, 9, false, at::kFloat, 1, 1}}) {
+    SCOPED_TRACE("in " + std::to_string(s.in) + " out " + std::to_string(s.out) + " side " + std::to_string(s.side) +
+                 " kernel " + std::to_string(s.kernel) + " stride " + std::to_string(s.stride));
+    const int64_t padding = s.kernel / 2, out_side = (s.side + 2 * padding - s.kernel) / s.stride + 1;
+    auto conv = torch::nn::Conv2d(
+        torch::nn::Conv2dOptions(s.in, s.out, s.kernel).stride(s.stride).padding(padding).bias(s.bias));
     auto x = torch::randn({s.n, s.in, s.side, s.side}).to(s.x_type);
-    auto upstream = torch::randn({s.n, s.out, s.side, s.side}).to(at::kBFloat16).to(at::kFloat);
+    auto upstream = torch::randn({s.n, s.out, out_side, out_side}).to(at::kBFloat16).to(at::kFloat);
     // float64 reference on the operands as the bf16 kernels see them
     auto xr = x.to(at::kBFloat16).to(at::kDouble).requires_grad_();
     auto wr = conv->weight.detach().to(at::kBFloat16).to(at::kDouble).requires_grad_();
     torch::Tensor br;
     if (s.bias) br = conv->bias.detach().to(at::kDouble).requires_grad_();
-    auto yr = torch::conv2d(xr, wr, br, 1, 1);
+    auto yr = torch::conv2d(xr, wr, br, s.stride, padding);
     yr.backward(upstream.to(at::kDouble));
     const Bf16Result ours = run_bf16(conv, x, upstream, true);
     const Bf16Result again = run_bf16(conv, x, upstream, true);
@@ -170,7 +176,7 @@ TEST(OnednnConv, Float16AutocastIsLibTorchs) {
   auto x = torch::randn({2, 32, 16, 16});
   auto conv = torch::nn::Conv2d(torch::nn::Conv2dOptions(32, 32, 3).padding(1));
   at::autocast::set_cpu_enabled(true);
-  const auto ours = conv2d_3x3(*conv, x);
+  const auto ours = convolve(*conv, x);
   const auto eager = conv->forward(x);
   at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
   at::autocast::set_cpu_enabled(false);
